@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`. Both install what they need.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+UV ?= $(shell command -v uv || echo .tools/bin/uv)
+VENV := .venv
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON := $(PYTHON)
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+
+.PHONY: install demo test bench clean
+
+# uv from PyPI when the machine has none (a fresh machine has only Python 3.11).
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra test
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/python -m runbook.demo
+
+test: install
+	$(VENV)/bin/pytest -q
+
+clean:
+	-$(VENV)/bin/runbook sandbox down --dir .demo/sandbox
+	rm -rf .demo .sandbox .pytest_cache

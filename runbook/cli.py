@@ -1,0 +1,240 @@
+"""`runbook ...`: run any runbook flow by hand, drive the sandbox, read the journal.
+
+Exit codes: 0 done (resolved, or nothing was wrong), 1 the flow finished but the problem remains
+(escalated, not approved, failed), 2 bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from runbook.alerts import CATALOGUE
+from runbook.settings import ConfigError, config_path, dump_redacted, load_settings
+
+app = typer.Typer(help="Runbook automation for a Hyperliquid trading bot.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+sandbox_app = typer.Typer(help="The embedded sandbox: a simulated bot, a local Hyperliquid API and Slack API.",
+                          no_args_is_help=True)
+app.add_typer(sandbox_app, name="sandbox")
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Runbook TOML (default: $RUNBOOK_CONFIG or ./runbook.toml)")
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of text.")
+SandboxDir = typer.Option(Path(".sandbox"), "--dir", help="Sandbox folder.")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--param takes key=value, not {pair!r}")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    return params
+
+
+@app.command()
+def run(
+    name: str = typer.Argument(..., help="Flow name, e.g. crash-recovery (see `runbook list`)."),
+    bot: Optional[str] = typer.Option(None, "--bot", "-b", help="Which configured bot."),
+    config: Optional[Path] = ConfigOption,
+    param: list[str] = typer.Option([], "--param", "-p", help="Extra flow parameter key=value (repeatable)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Run one runbook flow now, on the Prefect server in PREFECT_API_URL."""
+    if name not in CATALOGUE:
+        raise _fail(f"unknown flow {name!r}; known: {', '.join(CATALOGUE)}")
+    path = config_path(config).resolve()
+    try:
+        settings = load_settings(path)
+        if bot is not None:
+            settings.bot(bot)
+    except ConfigError as error:
+        raise _fail(str(error))
+    from flows import registry
+
+    flows = registry()
+    if name not in flows:
+        raise _fail(f"{name!r} has no automated flow yet (the alert is in the catalogue; respond by hand)")
+    params = {"bot": bot, "config": str(path), **_parse_params(param)}
+    from prefect.exceptions import ParameterTypeError
+
+    try:
+        outcome = flows[name](**params)
+    except ParameterTypeError as error:
+        raise _fail(str(error))
+    except ConfigError as error:
+        raise _fail(str(error))
+    except Exception as error:  # the flow run failed: its logs are in the Prefect UI
+        typer.echo(f"error: flow {name} failed: {type(error).__name__}: {error}", err=True)
+        raise typer.Exit(1)
+    data = outcome.to_dict()
+    _emit(data, as_json, "\n".join([
+        f"incident #{outcome.incident_id} ({outcome.alert}, bot {outcome.bot}): {outcome.status.upper()} — {outcome.outcome}",
+        f"  {outcome.summary}",
+        f"  incident report: {outcome.report_path}",
+        *([f"  flow run: {outcome.ui_url}"] if outcome.ui_url else []),
+    ]))
+    raise typer.Exit(1 if outcome.problem_remains else 0)
+
+
+@app.command("list")
+def list_alerts(as_json: bool = JsonOption) -> None:
+    """The alert catalogue: every runbook alert, its severity, target and flow."""
+    from flows import registry
+
+    automated = set(registry())
+    rows = [
+        {"name": a.key, "title": a.title, "severity": a.severity.value,
+         "response_target_seconds": a.response_target_seconds, "automated": a.key in automated}
+        for a in CATALOGUE.values()
+    ]
+    text = "\n".join(
+        f"{r['name']:24} {r['severity']:9} {'auto' if r['automated'] else '-':5} {r['title']}" for r in rows
+    )
+    _emit(rows, as_json, text)
+
+
+@app.command()
+def incidents(
+    open_only: bool = typer.Option(False, "--open", help="Only unresolved incidents."),
+    alert: Optional[str] = typer.Option(None, "--alert"),
+    bot: Optional[str] = typer.Option(None, "--bot"),
+    limit: int = typer.Option(50, "--limit"),
+    config: Optional[Path] = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The incident journal, newest first."""
+    from runbook.journal import Journal, JournalError
+
+    try:
+        journal = Journal(load_settings(config).journal_url)
+        found = journal.incidents(open_only=open_only, alert=alert, bot=bot, limit=limit)
+    except (ConfigError, JournalError) as error:
+        raise _fail(str(error))
+    rows = [incident.as_dict() for incident in found]
+    text = "\n".join(
+        f"#{r['id']:<5} {r['fired_at']}  {r['severity']:9} {r['alert']:22} {r['bot']:12} {r['status']:9} "
+        f"{r['outcome'] or '-':16} {r['summary'][:80]}"
+        for r in rows
+    ) or "no incidents"
+    _emit(rows, as_json, text)
+
+
+@app.command("check-config")
+def check_config(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
+    """Validate the configuration; print it with secrets hidden."""
+    try:
+        settings = load_settings(config)
+    except ConfigError as error:
+        raise _fail(str(error))
+    data = dump_redacted(settings)
+    _emit(data, as_json, f"{config_path(config)}: OK — bots: {', '.join(settings.bots)}; journal {settings.journal_url}")
+
+
+@app.command()
+def approve(
+    run_id: str = typer.Argument(..., help="The paused flow run's id."),
+    reject: bool = typer.Option(False, "--reject", help="Reject instead of approving."),
+    note: str = typer.Option("", "--note", help="Why; kept with the decision."),
+) -> None:
+    """Answer a flow run paused for approval (same as the form in the Prefect UI)."""
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    answer = {"approve": not reject, "note": note}
+    for attempt in range(10):
+        try:
+            resume_flow_run(run_id, run_input=answer)
+            typer.echo(f"{'rejected' if reject else 'approved'}: flow run {run_id}")
+            return
+        except ObjectNotFound:
+            raise _fail(f"no flow run {run_id}")
+        except Exception as error:
+            # Right after a pause the run's input schema may not be stored yet: try again shortly.
+            if "schema" in str(error).lower() and attempt < 9:
+                time.sleep(0.5)
+                continue
+            raise _fail(f"cannot resume {run_id}: {error}", 1)
+
+
+# -- sandbox ------------------------------------------------------------------------------------
+
+
+@sandbox_app.command("up")
+def sandbox_up(directory: Path = SandboxDir, seed: int = typer.Option(7, "--seed"), as_json: bool = JsonOption) -> None:
+    """Start the sandbox bot, exchange and Slack on free loopback ports; write DIR/runbook.toml."""
+    from sandbox.manager import SandboxError, up
+
+    try:
+        info = up(directory.resolve(), seed=seed)
+    except SandboxError as error:
+        raise _fail(str(error), 1)
+    data = info if isinstance(info, dict) else getattr(info, "__dict__", {"info": str(info)})
+    _emit(data, as_json, "\n".join(f"{k}: {v}" for k, v in data.items()))
+
+
+@sandbox_app.command("down")
+def sandbox_down(directory: Path = SandboxDir) -> None:
+    """Stop every sandbox process (by its recorded, verified PID)."""
+    from sandbox.manager import SandboxError, down
+
+    try:
+        for line in down(directory.resolve()):
+            typer.echo(line)
+    except SandboxError as error:
+        raise _fail(str(error), 1)
+
+
+@sandbox_app.command("status")
+def sandbox_status(directory: Path = SandboxDir, as_json: bool = JsonOption) -> None:
+    """Each sandbox component: PID, alive, URL, answering, active faults."""
+    from sandbox.manager import SandboxError, status
+
+    try:
+        data = status(directory.resolve())
+    except SandboxError as error:
+        raise _fail(str(error), 1)
+    _emit(data, as_json, json.dumps(data, indent=2, default=str))
+
+
+@sandbox_app.command("fault")
+def sandbox_fault(
+    kind: str = typer.Argument(..., help="crash, hang, websocket, stop-loss, daily-loss, auth, low-balance, "
+                                         "latency, memory, no-start, ... or clear"),
+    directory: Path = SandboxDir,
+    param: list[str] = typer.Option([], "--param", "-p", help="Fault parameter key=value."),
+) -> None:
+    """Inject a fault into the running sandbox (`clear` undoes them all)."""
+    from sandbox.manager import SandboxError, fault
+
+    try:
+        typer.echo(fault(directory.resolve(), kind, _parse_params(param) or None))
+    except SandboxError as error:
+        raise _fail(str(error))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,241 @@
+"""Typed configuration: a TOML file plus RUNBOOK_* environment overrides.
+
+The file is `--config`, else `$RUNBOOK_CONFIG`, else `./runbook.toml`. Environment variables win over
+the file and use `__` for nesting: `RUNBOOK_SLACK__TOKEN`, `RUNBOOK_POLICY__RESTART=dry-run`.
+A bad file fails at load with one line per bad field (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+DEFAULT_CONFIG = Path("runbook.toml")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; `str()` lists every bad field, one per line."""
+
+
+class Policy(str, Enum):
+    auto = "auto"
+    approve = "approve"
+    dry_run = "dry-run"
+
+
+class Section(BaseModel):
+    model_config = {"extra": "forbid"}
+
+
+class HealthFields(Section):
+    """Dotted paths into the bot's /health JSON, so a bot with other field names is adapted by config."""
+
+    status: str = "status"
+    websocket_connected: str = "checks.websocket_connectivity.connected"
+    position_health: str = "checks.position_health"
+    circuit_breaker: str = "checks.circuit_breaker.tripped"
+    total_pnl: str = "metrics.total_pnl"
+    account_balance: str = "metrics.account_balance"
+    # /health "status" values meaning: trading normally, or deliberately halted (circuit breaker) by the bot
+    # itself. A halted bot is alive and must not be restarted by crash recovery.
+    healthy_values: list[str] = ["healthy", "ok", "degraded"]
+    stopped_values: list[str] = ["stopped", "halted"]
+
+
+class HyperliquidAccount(Section):
+    api_url: str = "https://api.hyperliquid.xyz"
+    account_address: str = ""
+    # The bot's signing key: a file (JSON with "private_key", or a bare hex key) or an env variable name.
+    key_file: Path | None = None
+    key_env: str | None = None
+    timeout_seconds: float = 10.0
+
+    @field_validator("account_address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        if value and not (value.startswith("0x") and len(value) == 42):
+            raise ValueError("must be a 0x-prefixed 20-byte hex address")
+        return value.lower()
+
+
+class BotSettings(Section):
+    """How to find, start, probe and read one monitored bot (see docs/bot-contract.md)."""
+
+    working_dir: Path
+    # Substrings that must all appear in the process command line; checked on every PID we touch.
+    process_match: list[str] = Field(min_length=1)
+    pidfile: Path | None = None
+    start_command: list[str] = []
+    systemd_unit: str | None = None
+    health_url: str = "http://localhost:8001/health"
+    metrics_url: str = "http://localhost:8000/metrics"
+    probe_timeout_seconds: float = 3.0
+    fields: HealthFields = HealthFields()
+    log_file: Path = Path("logs/trading_bot.log")
+    error_log_file: Path = Path("logs/trading_bot_errors.log")
+    config_file: Path = Path("config/config.json")
+    data_dir: Path = Path("data")
+    # Files holding key material: never copied into evidence, never printed.
+    key_files: list[Path] = []
+    # Where the bot's own stdout/stderr go when we start it.
+    stdout_log: Path = Path("logs/stdout.log")
+    # Recovery is verified by metrics changing as well as health; turn off for a bot without metrics.
+    verify_metrics: bool = True
+    hyperliquid: HyperliquidAccount = HyperliquidAccount()
+
+    @model_validator(mode="after")
+    def _startable(self) -> "BotSettings":
+        if not self.start_command and not self.systemd_unit:
+            raise ValueError("give start_command or systemd_unit, or the bot cannot be restarted")
+        return self
+
+    def path(self, relative: Path) -> Path:
+        """A bot path from config, resolved against the bot's working dir."""
+        return relative if relative.is_absolute() else self.working_dir / relative
+
+    @property
+    def pidfile_path(self) -> Path | None:
+        return self.path(self.pidfile) if self.pidfile else None
+
+
+class SlackSettings(Section):
+    token: SecretStr | None = None
+    # Name of a Prefect Secret block holding the token, used when `token` is not set.
+    token_block: str | None = None
+    base_url: str = "https://slack.com/api/"
+    channel: str = "#trading-alerts"
+    stakeholder_channel: str = "#trading-status"
+    timeout_seconds: float = 10.0
+    # Who each escalation level pages: Slack mentions such as "<@U123>" or "@oncall".
+    escalation: dict[str, str] = {
+        "L1": "@oncall-primary",
+        "L2": "@senior-engineer",
+        "L3": "@engineering-manager",
+        "L4": "@exec-team",
+    }
+
+    @field_validator("escalation")
+    @classmethod
+    def _levels(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = set(value) - {"L1", "L2", "L3", "L4"}
+        if unknown:
+            raise ValueError(f"levels must be L1..L4, not {sorted(unknown)}")
+        return value
+
+
+class PolicySettings(Section):
+    """What each destructive action may do by itself (DESIGN.md, safety policy)."""
+
+    restart: Policy = Policy.auto
+    kill: Policy = Policy.auto
+    liquidate: Policy = Policy.approve
+    zeroize: Policy = Policy.approve
+    config_change: Policy = Policy.approve
+    approval_timeout_seconds: int = 900
+
+
+class RecoverySettings(Section):
+    """Crash recovery knobs."""
+
+    restart_storm_max: int = Field(3, ge=1)
+    restart_storm_window_seconds: int = Field(3600, ge=60)
+    stop_timeout_seconds: float = Field(10.0, gt=0)
+    verify_timeout_seconds: float = Field(60.0, gt=0)
+    lock_timeout_seconds: float = Field(180.0, gt=0)
+    evidence_log_lines: int = Field(100, ge=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RUNBOOK_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    journal_url: str = "sqlite:///runbook-journal.db"
+    reports_dir: Path = Path("runbook-reports")
+    bots: dict[str, BotSettings] = {}
+    slack: SlackSettings = SlackSettings()
+    policy: PolicySettings = PolicySettings()
+    recovery: RecoverySettings = RecoverySettings()
+
+    @field_validator("bots")
+    @classmethod
+    def _some_bot(cls, value: dict[str, BotSettings]) -> dict[str, BotSettings]:
+        if not value:
+            raise ValueError("configure at least one bot as [bots.<name>]")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = _CONFIG_FILE.get("path")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    def bot(self, name: str | None) -> tuple[str, BotSettings]:
+        """The named bot, or the only one when no name is given."""
+        if name is None:
+            if len(self.bots) != 1:
+                raise ConfigError(f"several bots are configured ({', '.join(self.bots)}): choose one with --bot")
+            name = next(iter(self.bots))
+        if name not in self.bots:
+            raise ConfigError(f"no bot named {name!r}; configured: {', '.join(self.bots)}")
+        return name, self.bots[name]
+
+
+# The TOML path travels to settings_customise_sources through here (pydantic-settings reads it at init).
+_CONFIG_FILE: dict[str, Path | None] = {}
+
+
+def config_path(explicit: str | Path | None = None) -> Path:
+    return Path(explicit or os.environ.get("RUNBOOK_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Load and validate the configuration, or raise ConfigError naming every bad field."""
+    toml_path = config_path(path)
+    if not toml_path.is_file():
+        raise ConfigError(f"{toml_path}: configuration file not found (give --config or set RUNBOOK_CONFIG)")
+    _CONFIG_FILE["path"] = toml_path
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        raise ConfigError(_describe(toml_path, error)) from None
+    except ValueError as error:  # TOML syntax errors surface as ValueError subclasses
+        raise ConfigError(f"{toml_path}: {error}") from None
+    finally:
+        _CONFIG_FILE.pop("path", None)
+    return settings
+
+
+def _describe(path: Path, error: ValidationError) -> str:
+    lines = [f"{path}: {error.error_count()} bad field(s)"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def resolve_secret(secret: SecretStr | None, block_name: str | None) -> str | None:
+    """A secret's value from config/env, else from a Prefect Secret block. Never log the result."""
+    if secret is not None:
+        return secret.get_secret_value()
+    if block_name:
+        from prefect.blocks.system import Secret
+
+        return Secret.load(block_name).get()
+    return None
+
+
+def dump_redacted(settings: Settings) -> dict[str, Any]:
+    """The settings as plain data with every secret shown as '**********' (for check-config --json)."""
+    return settings.model_dump(mode="json")

@@ -1,0 +1,114 @@
+"""Tell people: the runbook's "Internal Alert Notification" in Slack, one thread per incident.
+
+The first message of an incident opens the thread; later ones reply in it and update the first
+message's status line, so the channel shows each incident once with its current state. A failed
+notification never stops a remediation: it is recorded in the journal as undelivered with the
+reason, and the flow goes on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from prefect import get_run_logger, task
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+from runbook.journal import Journal
+from runbook.redact import redact
+from runbook.settings import SlackSettings, resolve_secret
+from tasks import NO_CACHE_POLICY
+
+STATUSES = ("OPEN", "INVESTIGATING", "RESOLVED", "ESCALATED")
+
+
+@dataclass
+class AlertNotice:
+    """The fields of the runbook's internal alert template."""
+
+    alert_type: str
+    severity: str
+    timestamp: datetime
+    description: str
+    impact: str
+    status: str
+    actions_taken: list[str] = field(default_factory=list)
+    next_steps: list[str] = field(default_factory=list)
+    mention: str | None = None
+
+    def render(self) -> str:
+        actions = "\n".join(f"- {a}" for a in self.actions_taken) or "- none yet"
+        steps = "\n".join(f"- {s}" for s in self.next_steps) or "- none"
+        head = f"{self.mention} " if self.mention else ""
+        return (
+            f"{head}Subject: [ALERT] Trading Bot - {self.alert_type}\n\n"
+            f"Alert Details:\n"
+            f"- Severity: {self.severity}\n"
+            f"- Time: {self.timestamp.isoformat(timespec='seconds')}\n"
+            f"- Description: {self.description}\n"
+            f"- Impact: {self.impact}\n\n"
+            f"Actions Taken:\n{actions}\n\n"
+            f"Next Steps:\n{steps}\n\n"
+            f"Status: {self.status}"
+        )
+
+
+def slack_client(settings: SlackSettings) -> WebClient | None:
+    token = resolve_secret(settings.token, settings.token_block)
+    if not token:
+        return None
+    return WebClient(
+        token=token, base_url=settings.base_url, timeout=int(settings.timeout_seconds),
+        retry_handlers=[RateLimitErrorRetryHandler(max_retry_count=2), ConnectionErrorRetryHandler(max_retry_count=1)],
+    )
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, SlackApiError):
+        return f"Slack answered {error.response.status_code}: {error.response.get('error', 'unknown error')}"
+    return f"{type(error).__name__}: {error}"
+
+
+@task(name="notify Slack", cache_policy=NO_CACHE_POLICY)
+def notify(settings: SlackSettings, journal_url: str, incident_id: int, notice: AlertNotice) -> bool:
+    """Post `notice` in the incident's thread. Returns whether Slack took it; never raises."""
+    logger = get_run_logger()
+    journal = Journal(journal_url)
+    token = None
+    try:
+        token = resolve_secret(settings.token, settings.token_block)
+    except Exception as error:  # a missing Secret block must not stop the remediation
+        logger.warning("Slack token unavailable: %s", _reason(error))
+    text = redact(notice.render(), [token])
+    incident = journal.get(incident_id)
+    channel = incident.slack_channel or settings.channel
+    if not token:
+        journal.record_notification(incident_id, channel, notice.status, text, delivered=False,
+                                    error="Slack is not configured (no token)")
+        logger.warning("Slack not configured; notification %s kept in the journal", notice.status)
+        return False
+    client = slack_client(settings)
+    assert client is not None
+    try:
+        if incident.slack_ts:
+            reply = client.chat_postMessage(channel=incident.slack_channel, text=text, thread_ts=incident.slack_ts)
+            root_text = redact(f"[{notice.status}] [ALERT] Trading Bot - {notice.alert_type} "
+                               f"(incident #{incident_id}, bot {incident.bot})", [token])
+            try:
+                client.chat_update(channel=incident.slack_channel, ts=incident.slack_ts, text=root_text)
+            except SlackApiError as error:  # the reply is what matters; the status line is a nicety
+                logger.warning("could not update the thread's first message: %s", _reason(error))
+            ts = reply["ts"]
+        else:
+            reply = client.chat_postMessage(channel=channel, text=text)
+            ts = reply["ts"]
+            journal.update(incident_id, slack_channel=reply["channel"], slack_ts=ts)
+    except Exception as error:
+        reason = _reason(error)
+        journal.record_notification(incident_id, channel, notice.status, text, delivered=False, error=reason)
+        logger.warning("Slack notification %s not delivered (%s); kept in the journal", notice.status, reason)
+        return False
+    journal.record_notification(incident_id, channel, notice.status, text, delivered=True, ts=ts)
+    return True

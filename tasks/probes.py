@@ -1,0 +1,158 @@
+"""Probe the bot over HTTP: its /health JSON and its Prometheus metrics.
+
+Every probe has its own timeout and turns every failure (refused, timeout, HTML, invalid JSON, wrong
+types) into a `HealthReport` with a readable `error`, never an exception: a broken probe is a finding.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prefect import task
+from prometheus_client.parser import text_string_to_metric_families
+
+from runbook.settings import BotSettings
+from tasks import NO_CACHE_POLICY
+
+_MISSING = object()
+
+
+def dig(document: Any, dotted: str) -> Any:
+    """`dig({"a": {"b": 1}}, "a.b") == 1`; None when any part of the path is absent."""
+    current = document
+    for part in dotted.split("."):
+        if isinstance(current, dict) and part in current:
+            current = current[part]
+        else:
+            return None
+    return current
+
+
+@dataclass
+class HealthReport:
+    url: str
+    reachable: bool
+    status_code: int | None = None
+    status: str | None = None
+    websocket_connected: bool | None = None
+    total_pnl: str | None = None
+    account_balance: str | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+    body: dict[str, Any] | None = field(default=None, repr=False)
+
+    timed_out: bool = False
+    halted: bool = False
+
+    @property
+    def healthy(self) -> bool:
+        """Answered 200 with a status the config counts as healthy."""
+        return self.status_code == 200 and self.error is None and self.status is not None and not self.halted
+
+    @property
+    def condition(self) -> str:
+        """One word for what the probe saw: healthy, halted, unhealthy, hung, unreachable or invalid."""
+        if self.timed_out:
+            return "hung"
+        if not self.reachable:
+            return "unreachable"
+        if self.status is None or (self.error and self.status_code == 200):
+            return "invalid"
+        if self.halted:
+            return "halted"
+        return "healthy" if self.healthy else "unhealthy"
+
+    def summary(self) -> str:
+        if not self.reachable:
+            return f"health endpoint unreachable: {self.error}"
+        if self.error:
+            return f"health answered HTTP {self.status_code} but {self.error}"
+        ws = {True: "connected", False: "DISCONNECTED", None: "unknown"}[self.websocket_connected]
+        return f"health HTTP {self.status_code}, status {self.status!r}, websocket {ws} ({self.latency_ms:.0f} ms)"
+
+
+def probe_health_once(bot: BotSettings) -> HealthReport:
+    fields = bot.fields
+    report = HealthReport(url=bot.health_url, reachable=False)
+    started = time.perf_counter()
+    try:
+        response = httpx.get(bot.health_url, timeout=bot.probe_timeout_seconds)
+    except httpx.TimeoutException:
+        report.error = f"no answer within {bot.probe_timeout_seconds:g}s"
+        report.timed_out = True
+        return report
+    except httpx.HTTPError as error:
+        report.error = f"{type(error).__name__}: {error}"
+        return report
+    report.reachable = True
+    report.latency_ms = (time.perf_counter() - started) * 1000
+    report.status_code = response.status_code
+    try:
+        body = response.json()
+    except ValueError:
+        report.error = f"the body is not JSON ({response.headers.get('content-type', 'no content-type')})"
+        return report
+    if not isinstance(body, dict):
+        report.error = f"the body is JSON {type(body).__name__}, not an object"
+        return report
+    report.body = body
+    status = dig(body, fields.status)
+    if not isinstance(status, str):
+        report.error = f"field {fields.status!r} is missing or not a string"
+        return report
+    report.status = status
+    websocket = dig(body, fields.websocket_connected)
+    report.websocket_connected = websocket if isinstance(websocket, bool) else None
+    for name in ("total_pnl", "account_balance"):
+        value = dig(body, getattr(fields, name))
+        setattr(report, name, None if value is None else str(value))
+    report.halted = status in fields.stopped_values
+    if response.status_code == 200 and status not in fields.healthy_values and not report.halted:
+        report.error = f"status {status!r} is not one of {fields.healthy_values + fields.stopped_values}"
+    return report
+
+
+@task(name="check health endpoint", cache_policy=NO_CACHE_POLICY)
+def check_health(bot: BotSettings) -> HealthReport:
+    """Runbook: `curl http://localhost:8001/health`."""
+    return probe_health_once(bot)
+
+
+@dataclass
+class MetricsSnapshot:
+    url: str
+    samples: dict[str, float] = field(default_factory=dict)
+    families: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def value(self, name: str, **labels: str) -> float | None:
+        key = name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}" if labels else "")
+        return self.samples.get(key)
+
+
+def read_metrics_once(bot: BotSettings) -> MetricsSnapshot:
+    snapshot = MetricsSnapshot(url=bot.metrics_url)
+    try:
+        response = httpx.get(bot.metrics_url, timeout=bot.probe_timeout_seconds)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        snapshot.error = f"{type(error).__name__}: {error}"
+        return snapshot
+    try:
+        for family in text_string_to_metric_families(response.text):
+            snapshot.families.append(family.name)
+            for sample in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                snapshot.samples[sample.name + ("{" + labels + "}" if labels else "")] = sample.value
+    except (ValueError, TypeError, IndexError) as error:
+        snapshot.error = f"metrics text is malformed: {error}"
+    return snapshot
+
+
+@task(name="read metrics", cache_policy=NO_CACHE_POLICY)
+def read_metrics(bot: BotSettings) -> MetricsSnapshot:
+    """Runbook: `curl http://localhost:8000 | grep api_request_duration`, parsed properly."""
+    return read_metrics_once(bot)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event, func, select, text,
+    Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event, func, select, text, update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
@@ -207,25 +207,28 @@ class Journal:
         Returns the incident and whether it was newly created.
         """
         now = fired_at or utcnow()
-        try:
-            with self._session() as session:
-                incident = Incident(
-                    alert=alert, bot=bot, severity=severity, status=OPEN, summary=summary, fired_at=now,
-                    last_fired_at=now, flow_run_id=flow_run_id, event_id=event_id, repeat_count=0,
-                    open_key=_open_key(alert, bot),
-                )
-                session.add(incident)
-            return incident, True
-        except IntegrityError:
-            with self._session() as session:
-                incident = session.scalars(
-                    select(Incident).where(Incident.open_key == _open_key(alert, bot))
-                ).one()
-                incident.repeat_count += 1
-                incident.last_fired_at = utcnow()
-                if flow_run_id and not incident.flow_run_id:
-                    incident.flow_run_id = flow_run_id
-            return incident, False
+        key = _open_key(alert, bot)
+        for _ in range(3):  # the open one may be resolved between our insert and our update: try again
+            try:
+                with self._session() as session:
+                    incident = Incident(
+                        alert=alert, bot=bot, severity=severity, status=OPEN, summary=summary, fired_at=now,
+                        last_fired_at=now, flow_run_id=flow_run_id, event_id=event_id, repeat_count=0,
+                        open_key=key,
+                    )
+                    session.add(incident)
+                return incident, True
+            except IntegrityError:
+                with self._session() as session:
+                    # One atomic UPDATE, so repeats racing each other are all counted.
+                    session.execute(
+                        update(Incident).where(Incident.open_key == key)
+                        .values(repeat_count=Incident.repeat_count + 1, last_fired_at=utcnow())
+                    )
+                    found = session.scalars(select(Incident).where(Incident.open_key == key)).first()
+                if found is not None:
+                    return found, False
+        raise JournalError(f"could not open or join an incident for {alert} on {bot}")
 
     def get(self, incident_id: int) -> Incident:
         with self._session() as session:

@@ -58,18 +58,21 @@ class FaultBoard:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._mtime: float | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._faults: dict[str, dict[str, Any]] = {}
 
     def current(self) -> dict[str, dict[str, Any]]:
+        # write_faults replaces the file, so the inode changes on every write even when two writes
+        # land within one mtime tick.
         try:
-            mtime = self.path.stat().st_mtime_ns
+            info = self.path.stat()
+            stamp: tuple[int, int, int] | None = (info.st_ino, info.st_mtime_ns, info.st_size)
         except FileNotFoundError:
-            mtime = None
+            stamp = None
         with self._lock:
-            if mtime != self._mtime:
-                self._faults = read_faults(self.path) if mtime is not None else {}
-                self._mtime = mtime
+            if stamp != self._stamp:
+                self._faults = read_faults(self.path) if stamp is not None else {}
+                self._stamp = stamp
             return self._faults
 
     def active(self, kind: str) -> bool:

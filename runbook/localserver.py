@@ -67,9 +67,14 @@ class LocalServer:
                 self.process.wait(timeout=5)
 
 
-def start_server(home: Path, port: int | None = None, timeout_seconds: float = 90.0) -> LocalServer:
+def start_server(home: Path, port: int | None = None, *, exact_port: bool = False,
+                 timeout_seconds: float = 90.0) -> LocalServer:
+    """Start `prefect server start` on `port` (another free one if taken, unless `exact_port`)."""
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port(port)
+    chosen = free_port(port)
+    if exact_port and chosen != port:
+        raise ServerError(f"port {port} is already in use")
+    port = chosen
     env = server_env(home, port)
     log_path = home / "server.log"
     prefect = Path(sys.executable).with_name("prefect")

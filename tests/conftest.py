@@ -17,27 +17,22 @@ _SESSION_HOME = Path(tempfile.mkdtemp(prefix="runbook-tests-"))
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect-client")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
-os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("RUNBOOK_CONFIG", None)
 
-from runbook.localserver import LocalServer, start_server  # noqa: E402
+from runbook.localserver import LocalServer, free_port, server_env, start_server  # noqa: E402
+
+# The session server's address is fixed now, before Prefect reads its settings, so that every thread
+# (a flow run in a worker thread does not see a settings context) and every subprocess agrees on it.
+_SERVER_HOME = _SESSION_HOME / "prefect-server"
+_SERVER_PORT = free_port()
+for _key in ("PREFECT_API_URL", "PREFECT_UI_URL"):
+    os.environ[_key] = server_env(_SERVER_HOME, _SERVER_PORT)[_key]
 
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[LocalServer]:
-    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
-
-    server = start_server(_SESSION_HOME / "prefect-server")
-    previous = {key: os.environ.get(key) for key in ("PREFECT_API_URL", "PREFECT_UI_URL")}
-    os.environ["PREFECT_API_URL"] = server.url  # for subprocesses (`runbook run ...`)
-    os.environ["PREFECT_UI_URL"] = server.ui_url
+    server = start_server(_SERVER_HOME, port=_SERVER_PORT, exact_port=True)
     try:
-        with temporary_settings(updates={PREFECT_API_URL: server.url, PREFECT_UI_URL: server.ui_url}):
-            yield server
+        yield server
     finally:
-        for key, value in previous.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.stop()

@@ -23,6 +23,8 @@ app = typer.Typer(help="Runbook automation for a Hyperliquid trading bot.", no_a
 sandbox_app = typer.Typer(help="The embedded sandbox: a simulated bot, a local Hyperliquid API and Slack API.",
                           no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
+analyze_app = typer.Typer(help="Analyse trading data.", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze")
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Runbook TOML (default: $RUNBOOK_CONFIG or ./runbook.toml)")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of text.")
@@ -174,6 +176,20 @@ def approve(
                 time.sleep(0.5)
                 continue
             raise _fail(f"cannot resume {run_id}: {error}", 1)
+
+
+@analyze_app.command("trades")
+def analyze_trades(
+    fills: str = typer.Option(..., "--fills", help="JSON file of fills as the info API returns them; - for stdin."),
+    start_balance: float = typer.Option(10000.0, "--start-balance", help="Equity at the start of the first fill's day."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Trade metrics (win rate, profit factor, drawdown, Sharpe, ...) from a file of fills."""
+    from reports.trades import analyze_trades_command
+
+    code, output = analyze_trades_command(fills, start_balance, as_json)
+    typer.echo(output, err=code != 0)
+    raise typer.Exit(code)
 
 
 # -- sandbox ------------------------------------------------------------------------------------

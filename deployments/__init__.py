@@ -1,0 +1,45 @@
+"""How flows are served: one deployment per automated runbook flow, each triggered by its alert."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.events import DeploymentEventTrigger
+
+from runbook.alerts import get_alert
+from runbook.firing import EVENT_FIRED
+
+
+def alert_trigger(alert_key: str) -> DeploymentEventTrigger:
+    """Start the deployment when its alert fires; the event names the bot and the incident."""
+    return DeploymentEventTrigger(
+        name=f"{alert_key} fired",
+        expect={EVENT_FIRED},
+        match={"runbook.alert": alert_key},
+        parameters={
+            "bot": "{{ event.resource['runbook.bot'] }}",
+            # Rendered text parsed as JSON, so the flow's int parameter gets an int, not "12".
+            "incident_id": {"__prefect_kind": "json",
+                            "value": {"__prefect_kind": "jinja", "template": "{{ event.resource['runbook.incident'] }}"}},
+        },
+    )
+
+
+def build_deployments(config: Path) -> list[RunnerDeployment]:
+    """Every flow that exists, with its trigger (and schedule, for scheduled reports)."""
+    from flows import registry
+
+    deployments = []
+    for key, flow in registry().items():
+        alert = get_alert(key)
+        deployments.append(flow.to_deployment(
+            name=key,
+            description=f"Runbook: {alert.title} ({alert.severity.value}). {alert.condition}.",
+            parameters={"config": str(config)},
+            triggers=[] if alert.scheduled else [alert_trigger(key)],
+            tags=["runbook", alert.severity.value.lower()],
+            # Loaded by module path, so the runner finds the flow whatever its working directory.
+            entrypoint_type=EntrypointType.MODULE_PATH,
+        ))
+    return deployments

@@ -98,6 +98,58 @@ def run(
     raise typer.Exit(1 if outcome.problem_remains else 0)
 
 
+@app.command()
+def serve(
+    config: Optional[Path] = ConfigOption,
+    watch: bool = typer.Option(True, "--watch/--no-watch", help="Run the watcher."),
+    intake: bool = typer.Option(True, "--intake/--no-intake", help="Run the webhook intake (needs a token)."),
+) -> None:
+    """Register and serve every deployment (with triggers), plus the watcher and the intake. Ctrl-C stops all."""
+    path = config_path(config).resolve()
+    try:
+        load_settings(path)
+    except ConfigError as error:
+        raise _fail(str(error))
+    from runbook.serve import serve_all
+
+    try:
+        serve_all(path, watch=watch, intake=intake)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def watch(
+    config: Optional[Path] = ConfigOption,
+    once: bool = typer.Option(False, "--once", help="Poll once, print what fired, exit."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Poll every bot and fire alerts (part of `runbook serve`; standalone here)."""
+    import logging
+    import threading
+
+    from flows import registry
+    from runbook.journal import Journal
+    from runbook.watcher import Watcher
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as error:
+        raise _fail(str(error))
+    watcher = Watcher(settings, Journal(settings.journal_url), set(registry()))
+    if once:
+        watcher.poll_once()  # the first look sets log cursors and latency baselines
+        fired = watcher.poll_once()
+        rows = [f.__dict__ for f in fired]
+        _emit(rows, as_json, "\n".join(f.describe() for f in fired) or "nothing fired")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        watcher.run(threading.Event())
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command("list")
 def list_alerts(as_json: bool = JsonOption) -> None:
     """The alert catalogue: every runbook alert, its severity, target and flow."""

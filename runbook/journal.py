@@ -78,6 +78,8 @@ class Incident(Base):
     escalation_level: Mapped[str | None] = mapped_column(String(4), nullable=True)
     flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     event_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # When its remediation was last triggered (the alert event emitted).
+    triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     slack_channel: Mapped[str | None] = mapped_column(String(64), nullable=True)
     slack_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Unresolved incidents carry their (alert, bot) here; resolved ones NULL, so the unique index

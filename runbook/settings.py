@@ -39,8 +39,11 @@ class HealthFields(Section):
     websocket_connected: str = "checks.websocket_connectivity.connected"
     position_health: str = "checks.position_health"
     circuit_breaker: str = "checks.circuit_breaker.tripped"
+    api_auth: str = "checks.api_auth.status"
     total_pnl: str = "metrics.total_pnl"
     account_balance: str = "metrics.account_balance"
+    win_rate: str = "metrics.win_rate"
+    total_trades: str = "metrics.total_trades"
     # /health "status" values meaning: trading normally, or deliberately halted (circuit breaker) by the bot
     # itself. A halted bot is alive and must not be restarted by crash recovery.
     healthy_values: list[str] = ["healthy", "ok", "degraded"]
@@ -150,6 +153,54 @@ class RecoverySettings(Section):
     evidence_log_lines: int = Field(100, ge=1)
 
 
+class WatchSettings(Section):
+    """The watcher: how often it looks and when each catalogue condition counts as firing."""
+
+    poll_interval_seconds: float = Field(5.0, gt=0)
+    websocket_down_seconds: float = Field(120.0, ge=0)
+    latency_threshold_seconds: float = Field(5.0, gt=0)
+    memory_percent_threshold: float = Field(80.0, gt=0, le=100)
+    # Also fire memory-usage when the bot alone holds more than this (None: system memory only).
+    bot_memory_limit_mb: float | None = None
+    win_rate_threshold: float = Field(0.40, ge=0, le=1)
+    win_rate_min_trades: int = Field(20, ge=1)
+    # Balance below this fires insufficient-balance (None: only the bot's own log line does).
+    min_balance_usd: float | None = None
+    # A balance above the previous high by at least this much is a new high.
+    balance_high_min_increase_usd: float = Field(1.0, ge=0)
+    # Regular expressions over the bot's log messages that fire an alert (alert key -> pattern).
+    log_patterns: dict[str, str] = {
+        "stop-loss-review": r"TRADE EXIT .*reason=stop_loss",
+        "daily-loss-limit": r"circuit breaker tripped: daily loss",
+        "api-auth-failed": r"auth failed",
+        "insufficient-balance": r"insufficient balance",
+    }
+    escalate: bool = True
+
+
+class IntakeSettings(Section):
+    """The webhook intake for Prometheus Alertmanager and Grafana; it does not start without a token."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9095, ge=0, le=65535)
+    token: SecretStr | None = None
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
+    # External alert names -> catalogue keys (catalogue keys themselves are always accepted).
+    alert_names: dict[str, str] = {
+        "TradingBotDown": "crash-recovery",
+        "BotCrashed": "crash-recovery",
+        "WebSocketDisconnected": "websocket-disconnected",
+        "HighAPILatency": "api-latency",
+        "HighMemoryUsage": "memory-usage",
+        "LowWinRate": "win-rate-review",
+        "DailyLossLimitReached": "daily-loss-limit",
+        "InsufficientBalance": "insufficient-balance",
+        "APIAuthenticationFailed": "api-auth-failed",
+    }
+    # The label naming the bot; alerts without it go to the only bot, if there is one.
+    bot_label: str = "bot"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RUNBOOK_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -161,6 +212,8 @@ class Settings(BaseSettings):
     slack: SlackSettings = SlackSettings()
     policy: PolicySettings = PolicySettings()
     recovery: RecoverySettings = RecoverySettings()
+    watch: WatchSettings = WatchSettings()
+    intake: IntakeSettings = IntakeSettings()
 
     @field_validator("bots")
     @classmethod

@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import logging
+
 from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
@@ -71,10 +74,22 @@ def _reason(error: Exception) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:  # the watcher escalates outside any flow run
+        return logging.getLogger("runbook.notify")
+
+
 @task(name="notify Slack", cache_policy=NO_CACHE_POLICY)
 def notify(settings: SlackSettings, journal_url: str, incident_id: int, notice: AlertNotice) -> bool:
+    """Post `notice` in the incident's thread (a flow step)."""
+    return post_notice(settings, journal_url, incident_id, notice)
+
+
+def post_notice(settings: SlackSettings, journal_url: str, incident_id: int, notice: AlertNotice) -> bool:
     """Post `notice` in the incident's thread. Returns whether Slack took it; never raises."""
-    logger = get_run_logger()
+    logger = _logger()
     journal = Journal(journal_url)
     token = None
     try:

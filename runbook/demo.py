@@ -1,7 +1,7 @@
-"""`make demo`: a local Prefect server, the sandbox, a crash, and crash recovery from the shell.
+"""`make demo`: a local Prefect server, the sandbox, `runbook serve`, and a crash that heals itself.
 
-Everything lives under ./.demo; Ctrl-C stops all of it. Set DEMO_HOLD=0 to stop right after the
-scenario instead of keeping the UI up.
+Everything lives under ./.demo. The demo waits at the end so you can look around the Prefect UI;
+Ctrl-C stops everything it started. DEMO_HOLD=0 stops right after the scenario (for scripts).
 """
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from runbook.localserver import start_server
+import httpx
+
+from runbook.localserver import LocalServer, start_server
 
 DEMO = Path(".demo").resolve()
+BIN = Path(sys.executable).parent
 
 
 def say(text: str) -> None:
@@ -23,9 +26,22 @@ def say(text: str) -> None:
 
 
 def runbook(*args: str, env: dict[str, str]) -> int:
-    command = [str(Path(sys.executable).with_name("runbook")), *args]
     print("$ runbook " + " ".join(args), flush=True)
-    return subprocess.run(command, env=env).returncode
+    return subprocess.run([str(BIN / "runbook"), *args], env=env).returncode
+
+
+def wait_for(what: str, check, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} did not happen within {timeout:g}s")
+
+
+def deployments_ready(server: LocalServer) -> bool:
+    response = httpx.post(f"{server.url}/deployments/filter", json={}, timeout=5)
+    return any(d["name"] == "crash-recovery" for d in response.json())
 
 
 def main() -> int:
@@ -34,28 +50,56 @@ def main() -> int:
     env = {**os.environ, **server.env}
     sandbox_dir = DEMO / "sandbox"
     config = sandbox_dir / "runbook.toml"
+    serve: subprocess.Popen[bytes] | None = None
     try:
-        print(f"Prefect UI: {server.ui_url}")
         say("starting the sandbox: simulated bot, local Hyperliquid API, local Slack API")
         if runbook("sandbox", "up", "--dir", str(sandbox_dir), env=env) != 0:
             return 1
-        time.sleep(3)  # let the bot trade a little so the evidence has something in it
-        say("the bot crashes")
+        say("runbook serve: deployments with their alert triggers, the watcher, the webhook intake")
+        serve_log = DEMO / "serve.log"
+        serve = subprocess.Popen([str(BIN / "runbook"), "serve", "--config", str(config)], env=env,
+                                 stdout=open(serve_log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for("deployment registration", lambda: deployments_ready(server), 90)
+        print(f"serving; its log: {serve_log}")
+        print(f"\nPrefect UI: {server.ui_url}  — open it now: Deployments shows crash-recovery and its trigger.")
+        time.sleep(5)
+
+        say("the bot crashes (runbook sandbox fault crash)")
         runbook("sandbox", "fault", "crash", "--dir", str(sandbox_dir), env=env)
-        say("crash recovery, as the runbook's 'Bot Crashed/Stopped' section")
-        code = runbook("run", "crash-recovery", "--config", str(config), env=env)
+        say("watching: the watcher fires the alert, the trigger starts crash-recovery, the bot comes back")
+        from runbook.journal import Journal
+        from runbook.settings import load_settings
+
+        journal = Journal(load_settings(config).journal_url)
+        wait_for("the alert", lambda: journal.incidents(alert="crash-recovery"), 60)
+        incident = journal.incidents(alert="crash-recovery")[0]
+        print(f"alert fired: incident #{incident.id} ({incident.summary})")
+        wait_for("the recovery", lambda: journal.get(incident.id).resolved_at is not None
+                 or journal.get(incident.id).status == "escalated", 120)
+        done = journal.get(incident.id)
+        took = (done.resolved_at or done.fired_at) - done.fired_at
+        print(f"incident #{done.id}: {done.status} ({done.outcome}) in {took.total_seconds():.1f}s — {done.summary}")
+        if done.flow_run_id:
+            print(f"the triggered run: {server.ui_url}/runs/flow-run/{done.flow_run_id}")
+        print(f"incident report: {sandbox_dir / 'reports' / 'incidents' / f'incident-{done.id}.md'}")
         say("the incident journal")
         runbook("incidents", "--config", str(config), env=env)
-        say(f"what Slack got (thread): {sandbox_dir / 'slack' / 'messages.jsonl'}")
-        print(f"\nOpen {server.ui_url} to see the flow run, its task runs and the incident artifact.")
+        print(f"\nSlack thread (local Slack API): {sandbox_dir / 'slack' / 'messages.jsonl'}")
+        print(f"Try more: .venv/bin/runbook sandbox fault websocket --dir {sandbox_dir}   (then: fault clear)")
         if os.environ.get("DEMO_HOLD", "1") != "0":
-            print("Press Ctrl-C to stop the server and the sandbox.", flush=True)
+            print(f"\nThe UI stays up at {server.ui_url}. Press Ctrl-C to stop everything.", flush=True)
             signal.pause()
-        return code
+        return 0 if done.status == "resolved" else 1
     except KeyboardInterrupt:
         return 0
     finally:
-        say("stopping the sandbox and the Prefect server")
+        say("stopping runbook serve, the sandbox and the Prefect server")
+        if serve is not None and serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGTERM)
+            try:
+                serve.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(serve.pid, signal.SIGKILL)
         runbook("sandbox", "down", "--dir", str(sandbox_dir), env=env)
         server.stop()
 

@@ -210,7 +210,7 @@ def _start(directory: Path, seed: int, startup_seconds: float) -> SandboxInfo:
         folder.mkdir(parents=True, exist_ok=True)
     faults_file = directory / "faults.json"
     write_faults(faults_file, {})
-    exchange_port, slack_port, health_port, metrics_port = _claim_ports(directory, 4)
+    exchange_port, slack_port, health_port, metrics_port, intake_port = _claim_ports(directory, 5)
     urls = {
         "exchange": f"http://127.0.0.1:{exchange_port}",
         "slack": f"http://127.0.0.1:{slack_port}/api/",
@@ -223,7 +223,8 @@ def _start(directory: Path, seed: int, startup_seconds: float) -> SandboxInfo:
     token = f"xoxb-sandbox-{secrets.token_hex(12)}"
     state: dict[str, Any] = {
         "directory": str(directory), "created_at": _now(), "seed": seed, "python": sys.executable,
-        "ports": {"exchange": exchange_port, "slack": slack_port, "health": health_port, "metrics": metrics_port},
+        "ports": {"exchange": exchange_port, "slack": slack_port, "health": health_port, "metrics": metrics_port,
+                  "intake": intake_port},
         "urls": urls, "pids": {}, "account_address": master, "agent_address": agent.address.lower(),
     }
     _write_state(directory, state)
@@ -251,7 +252,7 @@ def _start(directory: Path, seed: int, startup_seconds: float) -> SandboxInfo:
     key_file = home / "config" / "agent_key.json"
     _write_private(key_file, json.dumps({"address": agent.address.lower(), "private_key": "0x" + bytes(agent.key).hex()}))
     _write_bot_config(home, state, faults_file, startup_seconds)
-    _write_private(directory / "runbook.toml", _runbook_toml(directory, state, token))
+    _write_private(directory / "runbook.toml", _runbook_toml(directory, state, token, secrets.token_urlsafe(24)))
 
     start_bot(directory)
     state = _require_state(directory)
@@ -282,7 +283,7 @@ def _write_bot_config(home: Path, state: dict[str, Any], faults_file: Path, star
     (home / "config" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _runbook_toml(directory: Path, state: dict[str, Any], token: str) -> str:
+def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_token: str) -> str:
     """The runbook's configuration for this sandbox (see runbook/settings.py for every key)."""
     home = directory / "bot"
     urls = state["urls"]
@@ -309,6 +310,15 @@ def _runbook_toml(directory: Path, state: dict[str, Any], token: str) -> str:
         "",
         "[recovery]",
         "verify_timeout_seconds = 30",
+        "",
+        "[watch]",
+        "# The sandbox host has plenty of memory: watch the bot's own size, and a low balance.",
+        "bot_memory_limit_mb = 300",
+        "min_balance_usd = 100",
+        "",
+        "[intake]",
+        f"port = {state['ports']['intake']}",
+        f"token = {q(intake_token)}",
         "",
         "[bots.sandbox]",
         f"working_dir = {q(str(home))}",

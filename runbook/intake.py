@@ -444,6 +444,7 @@ class IntakeServer:
         self.url: str | None = None
         self._server: _ThreadServer | None = None
         self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
 
     def start(self, timeout: float = 15.0) -> str | None:
         """Listen and serve; None (with a warning) when no token is configured. Port 0 picks a free port."""
@@ -491,8 +492,9 @@ class IntakeServer:
         if self._thread.is_alive():
             self._server.force_exit = True
             self._thread.join(timeout=5)
-        self._socket.close()
-        self._server = self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
         log.info("intake stopped")
 
     def __enter__(self) -> "IntakeServer":

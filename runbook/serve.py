@@ -24,6 +24,10 @@ def serve_all(config: Path, *, watch: bool = True, intake: bool = True) -> None:
     settings = load_settings(config)
     deployments = build_deployments(config)
     automated = {deployment.name for deployment in deployments}
+    # Register deployments and their triggers before anything can fire: an alert event emitted
+    # before its trigger exists would start nothing.
+    for deployment in deployments:
+        deployment.apply()
     stop = threading.Event()
     threads: list[threading.Thread] = []
     intake_server = None

@@ -7,7 +7,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := $(PYTHON)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench screenshot clean
 
 # uv from PyPI when the machine has none (a fresh machine has only Python 3.11).
 .tools/bin/uv:
@@ -22,6 +22,10 @@ install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/python -m runbook.demo
+
+# The README's picture of a triggered run, taken again in headless Chromium (apt-get install chromium).
+screenshot: install
+	DEMO_HOLD=0 DEMO_SCREENSHOT=docs/img/triggered-run.png $(VENV)/bin/python -m runbook.demo
 
 test: install
 	$(VENV)/bin/pytest -q

@@ -1,7 +1,8 @@
 """`make demo`: a local Prefect server, the sandbox, `runbook serve`, and a crash that heals itself.
 
 Everything lives under ./.demo. The demo waits at the end so you can look around the Prefect UI;
-Ctrl-C stops everything it started. DEMO_HOLD=0 stops right after the scenario (for scripts).
+Ctrl-C stops everything it started. DEMO_HOLD=0 stops right after the scenario (for scripts);
+DEMO_SCREENSHOT=FILE also saves a screenshot of the triggered run (headless Chromium).
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def main() -> int:
         print(f"incident #{done.id}: {done.status} ({done.outcome}) in {took.total_seconds():.1f}s — {done.summary}")
         if done.flow_run_id:
             print(f"the triggered run: {server.ui_url}/runs/flow-run/{done.flow_run_id}")
+            if os.environ.get("DEMO_SCREENSHOT"):
+                from runbook.screenshot import capture
+
+                shot = capture(f"{server.ui_url}/runs/flow-run/{done.flow_run_id}", Path(os.environ["DEMO_SCREENSHOT"]))
+                print(f"screenshot of the triggered run: {shot}")
         print(f"incident report: {sandbox_dir / 'reports' / 'incidents' / f'incident-{done.id}.md'}")
         say("the incident journal")
         runbook("incidents", "--config", str(config), env=env)

@@ -7,7 +7,6 @@ Exit codes: 0 done (resolved, or nothing was wrong), 1 the flow finished but the
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path

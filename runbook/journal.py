@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
@@ -185,6 +184,13 @@ class JournalError(Exception):
     pass
 
 
+def _require(session: Session, incident_id: int) -> Incident:
+    incident = session.get(Incident, incident_id)
+    if incident is None:
+        raise JournalError(f"no incident #{incident_id}")
+    return incident
+
+
 class Journal:
     """Small, explicit operations on the journal; every call is its own transaction."""
 
@@ -234,9 +240,7 @@ class Journal:
 
     def get(self, incident_id: int) -> Incident:
         with self._session() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                raise JournalError(f"no incident #{incident_id}")
+            incident = _require(session, incident_id)
             incident.actions, incident.notifications  # load both before the session closes
             return incident
 
@@ -246,18 +250,14 @@ class Journal:
 
     def update(self, incident_id: int, **fields: Any) -> None:
         with self._session() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                raise JournalError(f"no incident #{incident_id}")
+            incident = _require(session, incident_id)
             for name, value in fields.items():
                 setattr(incident, name, value)
 
     def start_response(self, incident_id: int, flow_run_id: str | None = None) -> None:
         """Mark the first remediation step (MTTR ends here); later calls keep the first time."""
         with self._session() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                raise JournalError(f"no incident #{incident_id}")
+            incident = _require(session, incident_id)
             if incident.response_started_at is None:
                 incident.response_started_at = utcnow()
             if flow_run_id:
@@ -287,9 +287,7 @@ class Journal:
         if outcome not in OUTCOMES:
             raise JournalError(f"unknown outcome {outcome!r}")
         with self._session() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                raise JournalError(f"no incident #{incident_id}")
+            incident = _require(session, incident_id)
             incident.status = RESOLVED
             incident.outcome = outcome
             incident.summary = summary
@@ -299,9 +297,7 @@ class Journal:
     def escalate(self, incident_id: int, level: str, summary: str, *, outcome: str = OUTCOME_ESCALATED) -> None:
         """The problem remains: the incident stays unresolved, marked escalated at `level`."""
         with self._session() as session:
-            incident = session.get(Incident, incident_id)
-            if incident is None:
-                raise JournalError(f"no incident #{incident_id}")
+            incident = _require(session, incident_id)
             incident.status = ESCALATED
             incident.outcome = outcome
             incident.summary = summary

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -180,12 +179,3 @@ def start_bot(bot: BotSettings) -> str:
     # Keep nothing but the PID: the bot outlives this flow run.
     return f"started `{' '.join(bot.start_command)}` as PID {child.pid}"
 
-
-def wait_for_exit(pid: int, timeout_seconds: float) -> bool:
-    deadline = time.monotonic() + timeout_seconds
-    while time.monotonic() < deadline:
-        if not psutil.pid_exists(pid):
-            return True
-        _reap(pid)
-        time.sleep(0.1)
-    return not psutil.pid_exists(pid)

@@ -36,3 +36,16 @@ def prefect_server() -> Iterator[LocalServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, prefect_server: LocalServer) -> Iterator[Path]:
+    """A fresh sandbox (bot, exchange, Slack, journal) per test, stopped afterwards whatever happens."""
+    from sandbox import manager
+
+    directory = tmp_path / "sandbox"
+    manager.up(directory, startup_seconds=0.5)
+    try:
+        yield directory
+    finally:
+        manager.down(directory)

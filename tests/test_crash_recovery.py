@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -28,17 +27,11 @@ from tasks.process import locate_bot
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    directory = tmp_path / "sandbox"
-    manager.up(directory)
+@pytest.fixture(autouse=True)
+def recovery_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     # Short windows so a failing recovery is seen in seconds, not minutes.
     monkeypatch.setenv("RUNBOOK_RECOVERY__VERIFY_TIMEOUT_SECONDS", "20")
     monkeypatch.setenv("RUNBOOK_RECOVERY__STOP_TIMEOUT_SECONDS", "2")
-    try:
-        yield directory
-    finally:
-        manager.down(directory)
 
 
 def config_of(directory: Path) -> Path:

@@ -7,7 +7,6 @@ fast; the logic under test is the same.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,17 +25,11 @@ AUTOMATED = {"crash-recovery"}
 LASTING = {"crash", "hang", "websocket", "auth", "low-balance", "memory"}
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path, prefect_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    directory = tmp_path / "sandbox"
-    manager.up(directory)
+@pytest.fixture(autouse=True)
+def watch_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOK_WATCH__WEBSOCKET_DOWN_SECONDS", "4")
     monkeypatch.setenv("RUNBOOK_WATCH__BOT_MEMORY_LIMIT_MB", "200")
     monkeypatch.setenv("RUNBOOK_WATCH__MIN_BALANCE_USD", "100")
-    try:
-        yield directory
-    finally:
-        manager.down(directory)
 
 
 def make_watcher(directory: Path) -> Watcher:

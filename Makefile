@@ -30,6 +30,11 @@ screenshot: install
 test: install
 	$(VENV)/bin/pytest -q
 
+# Every benchmark, each printing its reference measured in the same run (see bench/README.md).
+bench: install
+	$(VENV)/bin/python -m bench.detection_recovery
+	$(VENV)/bin/python -m bench.run_latency
+
 clean:
 	-$(VENV)/bin/runbook sandbox down --dir .demo/sandbox
 	rm -rf .demo .sandbox .pytest_cache

@@ -1,13 +1,22 @@
-"""One module per runbook section; `FLOWS` maps each alert key to the flow that answers it."""
+"""One module per runbook section; `registry()` maps each alert key to the flow that answers it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from importlib import import_module
 from typing import Any
 
+# alert key -> "module:flow function". Imported on demand: `runbook run NAME` should pay for the one
+# flow it runs (pandas, the exchange client...), not for all of them.
+FLOWS: dict[str, str] = {
+    "crash-recovery": "flows.crash_recovery:crash_recovery",
+}
 
-def registry() -> dict[str, Callable[..., Any]]:
-    """Imported lazily: loading every flow costs Prefect import time a CLI call should not pay twice."""
-    from flows.crash_recovery import crash_recovery
 
-    return {"crash-recovery": crash_recovery}
+def load(name: str) -> Any:
+    module, _, attribute = FLOWS[name].partition(":")
+    return getattr(import_module(module), attribute)
+
+
+def registry() -> dict[str, Any]:
+    """Every flow, imported (for serving all of them)."""
+    return {name: load(name) for name in FLOWS}

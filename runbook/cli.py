@@ -70,16 +70,15 @@ def run(
             settings.bot(bot)
     except ConfigError as error:
         raise _fail(str(error))
-    from flows import registry
+    from flows import FLOWS, load
 
-    flows = registry()
-    if name not in flows:
+    if name not in FLOWS:
         raise _fail(f"{name!r} has no automated flow yet (the alert is in the catalogue; respond by hand)")
     params = {"bot": bot, "config": str(path), **_parse_params(param)}
     from prefect.exceptions import ParameterTypeError
 
     try:
-        outcome = flows[name](**params)
+        outcome = load(name)(**params)
     except ParameterTypeError as error:
         raise _fail(str(error))
     except ConfigError as error:
@@ -127,7 +126,7 @@ def watch(
     import logging
     import threading
 
-    from flows import registry
+    from flows import FLOWS
     from runbook.journal import Journal
     from runbook.watcher import Watcher
 
@@ -135,7 +134,7 @@ def watch(
         settings = load_settings(config)
     except ConfigError as error:
         raise _fail(str(error))
-    watcher = Watcher(settings, Journal(settings.journal_url), set(registry()))
+    watcher = Watcher(settings, Journal(settings.journal_url), set(FLOWS))
     if once:
         watcher.poll_once()  # the first look sets log cursors and latency baselines
         fired = watcher.poll_once()
@@ -152,9 +151,9 @@ def watch(
 @app.command("list")
 def list_alerts(as_json: bool = JsonOption) -> None:
     """The alert catalogue: every runbook alert, its severity, target and flow."""
-    from flows import registry
+    from flows import FLOWS
 
-    automated = set(registry())
+    automated = set(FLOWS)
     rows = [
         {"name": a.key, "title": a.title, "severity": a.severity.value,
          "response_target_seconds": a.response_target_seconds, "automated": a.key in automated}

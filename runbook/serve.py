@@ -46,7 +46,7 @@ def serve_all(config: Path, *, watch: bool = True, intake: bool = True) -> None:
     print(f"serving {len(deployments)} deployment(s): {', '.join(sorted(automated))}; "
           f"watching {', '.join(settings.bots)} every {settings.watch.poll_interval_seconds:g}s", flush=True)
     try:
-        serve(*deployments, print_starting_message=False)
+        serve(*deployments, print_starting_message=False, query_seconds=settings.watch.runner_poll_seconds)
     finally:
         stop.set()
         if intake_server is not None:

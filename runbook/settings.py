@@ -176,6 +176,9 @@ class WatchSettings(Section):
         "insufficient-balance": r"insufficient balance",
     }
     escalate: bool = True
+    # How often `runbook serve` asks the server for triggered runs (Prefect's default is 10 s,
+    # which would add up to 10 s to every remediation's start).
+    runner_poll_seconds: float = Field(1.0, gt=0)
 
 
 class IntakeSettings(Section):

@@ -9,6 +9,8 @@ from typing import Any
 # flow it runs (pandas, the exchange client...), not for all of them.
 FLOWS: dict[str, str] = {
     "crash-recovery": "flows.crash_recovery:crash_recovery",
+    "stop-loss-review": "flows.stop_loss_review:stop_loss_review",
+    "win-rate-review": "flows.win_rate_review:win_rate_review",
 }
 
 

@@ -11,6 +11,8 @@ FLOWS: dict[str, str] = {
     "crash-recovery": "flows.crash_recovery:crash_recovery",
     "stop-loss-review": "flows.stop_loss_review:stop_loss_review",
     "win-rate-review": "flows.win_rate_review:win_rate_review",
+    "daily-loss-limit": "flows.daily_loss_limit:daily_loss_limit",
+    "insufficient-balance": "flows.insufficient_balance:insufficient_balance",
 }
 
 

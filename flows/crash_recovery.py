@@ -158,6 +158,10 @@ def _respond(run: IncidentRun) -> Outcome:
         if run.joined_existing and run.journal.count_actions(run.bot_name, "restart", _since_fired(run)):
             return run.resolve(j.AUTO_RESOLVED, f"bot already recovered by a concurrent remediation: {diagnosis.describe()}")
         return run.resolve(j.FALSE_POSITIVE, f"bot is running and healthy, nothing touched: {diagnosis.describe()}")
+    held = run.journal.deliberate_stop(run.bot_name) if diagnosis.verdict == "crashed" else None
+    if held is not None:
+        return run.resolve(j.FALSE_POSITIVE, f"the bot was stopped on purpose in incident #{held.id} ({held.alert}) "
+                           "and stays down until a person resolves that incident; not restarted.")
     if diagnosis.verdict == "halted":
         return run.resolve(j.FALSE_POSITIVE, "bot is alive and has halted trading itself (circuit breaker); "
                            f"not restarted — see the daily-loss-limit / insufficient-balance runbooks. {diagnosis.describe()}")

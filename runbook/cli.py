@@ -191,6 +191,28 @@ def incidents(
     _emit(rows, as_json, text)
 
 
+@app.command()
+def resolve(
+    incident_id: int = typer.Argument(..., help="The incident to close."),
+    outcome: str = typer.Option("resolved-manually", "--outcome",
+                                help="resolved-manually, false-positive, auto-resolved, escalated or failed."),
+    note: str = typer.Option("", "--note", help="What was done; kept as the incident's summary."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Close an incident by hand (this also releases a bot a remediation stopped on purpose)."""
+    from runbook.journal import OUTCOMES, Journal, JournalError
+
+    if outcome not in OUTCOMES:
+        raise _fail(f"unknown outcome {outcome!r}; one of: {', '.join(OUTCOMES)}")
+    try:
+        journal = Journal(load_settings(config).journal_url)
+        incident = journal.get(incident_id)
+        journal.resolve(incident_id, outcome, note or f"closed by hand ({outcome})")
+    except (ConfigError, JournalError) as error:
+        raise _fail(str(error))
+    typer.echo(f"incident #{incident_id} ({incident.alert} on {incident.bot}) resolved: {outcome}")
+
+
 @app.command("check-config")
 def check_config(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption) -> None:
     """Validate the configuration; print it with secrets hidden."""

@@ -330,6 +330,20 @@ class Journal:
                 )
             ) or 0
 
+    def deliberate_stop(self, bot: str) -> Incident | None:
+        """An unresolved incident in which a remediation stopped this bot on purpose (e.g. daily loss).
+
+        While one exists the bot is held down: crash recovery must not restart it.
+        """
+        query = (
+            select(Incident).join(Action)
+            .where(Incident.bot == bot, Incident.status != RESOLVED, Action.step == "stop",
+                   Action.ok.is_(True), Action.dry_run.is_(False), Incident.alert != "crash-recovery")
+            .order_by(Incident.id.desc())
+        )
+        with self._session() as session:
+            return session.scalars(query).first()
+
     def undelivered(self, incident_id: int | None = None) -> list[Notification]:
         query = select(Notification).where(Notification.delivered.is_(False))
         if incident_id is not None:

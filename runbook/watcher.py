@@ -114,8 +114,11 @@ class Watcher:
         watch, fields, firing = self.settings.watch, state.bot.fields, []
         health = seen.health
 
+        held = self.journal.deliberate_stop(state.name) if seen.process is None else None
         if seen.process_error:
             firing.append(("crash-recovery", f"cannot tell which process is the bot: {seen.process_error}"))
+        elif held is not None:
+            pass  # stopped on purpose by incident `held` (e.g. daily loss limit): down is the right state
         elif seen.process is None:
             firing.append(("crash-recovery", f"bot process not running; {health.summary()}"))
         elif health.condition in ("hung", "unreachable"):

@@ -35,6 +35,10 @@ def prefect_server() -> Iterator[LocalServer]:
     try:
         yield server
     finally:
+        # Send queued events while the server is still there; otherwise the process waits on them at exit.
+        from prefect.events.worker import EventsWorker
+
+        EventsWorker.drain_all(timeout=30, at_exit=False)
         server.stop()
 
 

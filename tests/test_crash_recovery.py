@@ -207,3 +207,26 @@ def test_approval_policy_waits_for_a_person(sandbox: Path, monkeypatch: pytest.M
     else:
         assert outcome.status == j.ESCALATED and locate_bot(bot_settings(sandbox)) is None
         assert "rejected by a person (test)" in outcome.summary
+
+
+def test_a_bot_stopped_on_purpose_stays_down_until_a_person_releases_it(sandbox: Path) -> None:
+    from flows import FLOWS
+    from runbook.watcher import Watcher
+
+    journal = journal_of(sandbox)
+    loss, _ = journal.open_incident("daily-loss-limit", "sandbox", "CRITICAL", "limit reached")
+    journal.record_action(loss.id, "sandbox", "stop", "stopped the bot: it kept trading past its loss limit")
+    journal.escalate(loss.id, "L1", "trading halted; a person decides on resuming")
+    manager.fault(sandbox, "crash")  # the bot is down, as the daily-loss flow left it
+
+    settings = load_settings(config_of(sandbox))
+    watcher = Watcher(settings, journal, set(FLOWS))
+    assert [f.alert for f in watcher.poll_once() if f.alert == "crash-recovery"] == []
+    outcome = recover(sandbox)  # e.g. an external alert: still no restart
+    assert outcome.outcome == j.FALSE_POSITIVE and f"incident #{loss.id}" in outcome.summary
+    assert locate_bot(bot_settings(sandbox)) is None
+
+    released = run_cli("resolve", str(loss.id), "--note", "resumed with smaller sizes", "--config",
+                       str(config_of(sandbox)))
+    assert released.returncode == 0, released.stderr
+    assert [f.alert for f in watcher.poll_once() if f.alert == "crash-recovery"] == ["crash-recovery"]

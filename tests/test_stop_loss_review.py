@@ -179,7 +179,9 @@ def test_position_without_a_stop_is_flagged_by_coin(sandbox: Path) -> None:
 
     assert outcome.status == j.ESCALATED, outcome.summary
     assert journal_of(sandbox).get(outcome.incident_id).escalation_level == "L1"
-    assert f"WITHOUT a stop-loss: {coin} long" in outcome.summary
+    # The bot may have had its own position open, still waiting for its stop, when it was killed:
+    # that one is rightly flagged too. Ours must be among them.
+    assert f"{coin} long" in outcome.summary.split("WITHOUT a stop-loss:", 1)[1]
     report = Path(outcome.report_path).read_text()
     row = next(line for line in report.splitlines() if line.startswith(f"| {coin} | long |"))
     assert row.endswith("| **NO STOP** |") and "| none |" in row

@@ -16,27 +16,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import flow, task
-from prefect.futures import PrefectFuture
 
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
+from runbook.markdown import table, usd
 from runbook.policy import authorize
-from runbook.settings import HealthFields
 from tasks import NO_CACHE_POLICY
 from tasks.botconfig import (
     BotConfig, BotConfigError, ConfigChange, apply_config_change, propose_change, read_bot_config,
 )
-from tasks.hyperliquid import AccountState, HyperliquidError, get_account_state, get_fills
+from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.logs import PatternScan, scan_log
-from tasks.probes import HealthReport, check_health, dig
+from tasks.futures import settle
+from tasks.probes import HealthReport, breaker_state, check_health, dig, health_field, number
 from tasks.process import BotProcess, ProcessError, check_process, stop_process
 
 ALERT = "daily-loss-limit"
@@ -44,67 +43,6 @@ TOP_LOSERS = 5
 STRATEGY_LOG_LINES = 20
 RESUME_STEPS = ["Resume trading with reduced position sizes (a person restarts the bot when satisfied)",
                 "Schedule strategy review meeting"]
-
-
-# --- small helpers ----------------------------------------------------------------------------
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "/").replace("\n", " ")
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    """A markdown table (people read tables in the incident report)."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def usd(value: Decimal | float | None, sign: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{float(value):+,.2f}" if sign else f"{float(value):,.2f}"
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def health_field(fields: HealthFields, name: str, default: str) -> str:
-    """A /health path from config when the settings define it, else the bot contract's default path."""
-    value = getattr(fields, name, None)
-    return value if isinstance(value, str) else default
-
-
-def breaker_state(health: HealthReport, fields: HealthFields) -> tuple[bool, str | None]:
-    """(tripped, reason): the bot halted itself — status "stopped", or the breaker flag in /health.
-
-    The flag matters when another check outranks it: the sandbox reports "unhealthy" while the
-    exchange is unreachable even though its breaker has tripped.
-    """
-    body = health.body or {}
-    reason_path = health_field(fields, "circuit_breaker_reason",
-                               fields.circuit_breaker.rsplit(".", 1)[0] + ".reason")
-    reason = dig(body, reason_path)
-    tripped = health.halted or dig(body, fields.circuit_breaker) is True
-    return tripped, reason if isinstance(reason, str) and reason else None
-
-
-def settle(future: PrefectFuture[Any]) -> tuple[Any, str | None]:
-    """A submitted task's result, or None and a one-line reason (a failed read is a finding)."""
-    try:
-        return future.result(), None
-    except HyperliquidError as error:
-        return None, str(error)
-    except (BotConfigError, ProcessError) as error:
-        return None, str(error)
-    except Exception as error:  # noqa: BLE001 - any other failure is reported, not raised
-        return None, f"{type(error).__name__}: {error}"
 
 
 def start_of_day(now: datetime | None = None) -> datetime:
@@ -304,7 +242,7 @@ def _respond(run: IncidentRun, factor: float, reset: bool) -> Outcome:
     fields = run.bot.fields
     health = seen.health
     tripped, reason = breaker_state(health, fields)
-    bot_daily = _number(dig(health.body or {}, health_field(fields, "daily_pnl", "metrics.daily_pnl")))
+    bot_daily = number(dig(health.body or {}, health_field(fields, "daily_pnl", "metrics.daily_pnl")))
     limit = seen.config.number("risk_limits", "daily_loss_limit_usd") if seen.config else None
     strategy = str(seen.config.get("strategy", "name", "unknown")) if seen.config else "unknown"
 

@@ -24,14 +24,15 @@ from typing import Any
 
 from prefect import flow, task
 
-from flows.daily_loss_limit import breaker_state, health_field, settle, table, usd
 from reports.trades import TradeMetrics, compute_metrics
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
+from runbook.markdown import table, usd
 from tasks import NO_CACHE_POLICY
 from tasks.botconfig import BotConfig, read_bot_config
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
-from tasks.probes import HealthReport, check_health, dig
+from tasks.futures import settle
+from tasks.probes import HealthReport, breaker_state, check_health, dig, health_field, number
 
 ALERT = "insufficient-balance"
 MIN_ORDER_USD = 10.0  # Hyperliquid refuses orders below 10 USD of value
@@ -43,14 +44,6 @@ RECENT_HOURS = 24
 def _floor2(value: float) -> float:
     return math.floor(value * 100) / 100
 
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 @dataclass(frozen=True)
@@ -213,8 +206,8 @@ def _respond(run: IncidentRun, margin_buffer: float) -> Outcome:
     fields = run.bot.fields
     body = seen.health.body or {}
     tripped, reason = breaker_state(seen.health, fields)
-    health_balance = _number(dig(body, fields.account_balance))
-    health_withdrawable = _number(dig(body, health_field(fields, "withdrawable", "metrics.withdrawable")))
+    health_balance = number(dig(body, fields.account_balance))
+    health_withdrawable = number(dig(body, health_field(fields, "withdrawable", "metrics.withdrawable")))
     account = seen.account
     balance = float(account.account_value) if account else health_balance
     source = "exchange" if account else "bot's /health (the exchange could not be read)"

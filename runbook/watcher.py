@@ -24,7 +24,7 @@ from runbook.journal import Journal, utcnow
 from runbook.settings import BotSettings, Settings
 from tasks.logs import parse_line
 from tasks.notify import AlertNotice, post_notice
-from tasks.probes import HealthReport, MetricsSnapshot, dig, probe_health_once, read_metrics_once
+from tasks.probes import HealthReport, MetricsSnapshot, dig, number, probe_health_once, read_metrics_once
 from tasks.process import BotProcess, ProcessError, locate_bot
 
 log = logging.getLogger("runbook.watcher")
@@ -135,14 +135,14 @@ class Watcher:
         body = health.body or {}
         if dig(body, fields.api_auth) == "fail":
             firing.append(("api-auth-failed", "health check api_auth is failing"))
-        balance = _number(dig(body, fields.account_balance))
+        balance = number(dig(body, fields.account_balance))
         if balance is not None:
             if watch.min_balance_usd is not None and balance < watch.min_balance_usd:
                 firing.append(("insufficient-balance", f"balance {balance:,.2f} below {watch.min_balance_usd:,.2f}"))
             if state.balance_high is not None and balance >= state.balance_high + watch.balance_high_min_increase_usd:
                 firing.append(("new-balance-high", f"balance {balance:,.2f} above the previous high {state.balance_high:,.2f}"))
             state.balance_high = max(balance, state.balance_high or balance)
-        win_rate, trades = _number(dig(body, fields.win_rate)), _number(dig(body, fields.total_trades))
+        win_rate, trades = number(dig(body, fields.win_rate)), number(dig(body, fields.total_trades))
         if win_rate is not None and trades is not None and trades >= watch.win_rate_min_trades \
                 and win_rate < watch.win_rate_threshold:
             firing.append(("win-rate-review", f"win rate {win_rate:.0%} over {trades:.0f} trades"))
@@ -235,13 +235,4 @@ class Watcher:
             except Exception:  # the watcher must outlive any single bad poll
                 log.exception("watcher poll failed")
             stop.wait(max(0.0, interval - (time.monotonic() - started)))
-
-
-def _number(value: object) -> float | None:
-    if isinstance(value, bool):
-        return None
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
 

@@ -14,7 +14,7 @@ import httpx
 from prefect import task
 from prometheus_client.parser import text_string_to_metric_families
 
-from runbook.settings import BotSettings
+from runbook.settings import BotSettings, HealthFields
 from tasks import NO_CACHE_POLICY
 
 _MISSING = object()
@@ -156,3 +156,33 @@ def read_metrics_once(bot: BotSettings) -> MetricsSnapshot:
 def read_metrics(bot: BotSettings) -> MetricsSnapshot:
     """Runbook: `curl http://localhost:8000 | grep api_request_duration`, parsed properly."""
     return read_metrics_once(bot)
+
+
+def number(value: Any) -> float | None:
+    """A /health value as a float, or None when it is missing, a bool or not a number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def health_field(fields: HealthFields, name: str, default: str) -> str:
+    """A /health path from config when the settings define it, else the bot contract's default path."""
+    value = getattr(fields, name, None)
+    return value if isinstance(value, str) else default
+
+
+def breaker_state(health: HealthReport, fields: HealthFields) -> tuple[bool, str | None]:
+    """(tripped, reason): the bot halted itself — status "stopped", or the breaker flag in /health.
+
+    The flag matters when another check outranks it: the sandbox reports "unhealthy" while the
+    exchange is unreachable even though its breaker has tripped.
+    """
+    body = health.body or {}
+    reason_path = health_field(fields, "circuit_breaker_reason",
+                               fields.circuit_breaker.rsplit(".", 1)[0] + ".reason")
+    reason = dig(body, reason_path)
+    tripped = health.halted or dig(body, fields.circuit_breaker) is True
+    return tripped, reason if isinstance(reason, str) and reason else None

@@ -32,6 +32,7 @@ from prefect import flow, task
 from reports.trades import closed_trades
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
+from runbook.markdown import table
 from runbook.settings import BotSettings, HyperliquidAccount
 from tasks import NO_CACHE_POLICY
 from tasks.hyperliquid import (
@@ -486,16 +487,6 @@ def _usd(value: float | Decimal | None) -> str:
     return "-" if value is None else f"{float(value):,.2f} USD"
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "/").replace("\n", " ")
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _hhmm(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -521,7 +512,7 @@ def exit_evidence(stop: StopExit, verdict: StopAssessment) -> str:
         ["Source", stop.source],
         ["Bot log", stop.log.message if stop.log else "no matching TRADE EXIT line"],
     ]
-    return _table(["", ""], rows)
+    return table(["", ""], rows)
 
 
 def candles_evidence(candles: list[Candle], stop: StopExit, verdict: StopAssessment) -> str:
@@ -540,7 +531,7 @@ def candles_evidence(candles: list[Candle], stop: StopExit, verdict: StopAssessm
                f"{(float(high) - float(low)) / float(low) * 100:.2f} %), open→close {move:+.2f} %; {first}.")
     rows = [[f"{c.open_time:%H:%M}", _px(c.open), _px(c.high), _px(c.low), _px(c.close), f"{float(c.volume):g}"]
             for c in candles]
-    return summary + "\n\n" + _table(["time (UTC)", "open", "high", "low", "close", "volume"], rows)
+    return summary + "\n\n" + table(["time (UTC)", "open", "high", "low", "close", "volume"], rows)
 
 
 def health_evidence(position_health: Any, health: HealthReport) -> str:
@@ -551,10 +542,10 @@ def health_evidence(position_health: Any, health: HealthReport) -> str:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return "```json\n" + json.dumps(position_health, indent=2) + "\n```"
     columns = ["coin", "szi", "entry_px", "mark_px", "stop_px", "unrealized_pnl"]
-    table = _table(columns, [[r.get(c, "-") for c in columns] for r in rows]) if rows else "no open positions"
+    listing = table(columns, [[r.get(c, "-") for c in columns] for r in rows]) if rows else "no open positions"
     without = position_health.get("positions_without_stop")
     return (f"status **{position_health.get('status', '?')}**; positions without stop: "
-            f"{', '.join(map(str, without)) if without else 'none'}\n\n{table}")
+            f"{', '.join(map(str, without)) if without else 'none'}\n\n{listing}")
 
 
 def positions_evidence(checks: list[PositionCheck], health_unprotected: list[str] | None,
@@ -572,7 +563,7 @@ def positions_evidence(checks: list[PositionCheck], health_unprotected: list[str
             status = check.status if check.status == "protected" else f"**{check.status}**"
             rows.append([check.coin, check.side, f"{check.size}", _px(check.entry_px), _px(check.mark_px),
                          _usd(check.unrealized_pnl), triggers, distance, f"{check.covered}", status])
-        body = _table(["coin", "side", "size", "entry", "mark", "uPnL", "stop trigger(s)", "stop distance",
+        body = table(["coin", "side", "size", "entry", "mark", "uPnL", "stop trigger(s)", "stop distance",
                        "covered size", "status"], rows)
     if confirmed:
         body += (f"\n\n**Without a (full) stop-loss: {', '.join(confirmed)}** — seen twice, "
@@ -654,7 +645,7 @@ def _review(run: IncidentRun, lookback_minutes: int, tolerance_pct: float, coin:
         run.add_evidence("Risk settings (config.json)", f"could not be read: {bot_config.error}")
     else:
         rows = [[k, json.dumps(v)] for k, v in (risk or {}).items()] if isinstance(risk, dict) else []
-        run.add_evidence("Risk settings (config.json)", _table(["risk_management", "value"], rows)
+        run.add_evidence("Risk settings (config.json)", table(["risk_management", "value"], rows)
                          if rows else f"no risk_management section in {bot_config.path}")
     pct_value = bot_config.get(STOP_LOSS_PCT_KEY)
     stop_loss_pct = float(pct_value) if isinstance(pct_value, (int, float)) and not isinstance(pct_value, bool) \
@@ -694,7 +685,7 @@ def _review(run: IncidentRun, lookback_minutes: int, tolerance_pct: float, coin:
         if len(exits) > 1:
             rows = [[_hhmm(s.closed_at), s.coin, s.side, _px(s.exit_px), s.source] for s in exits[:-1][-10:]]
             run.add_evidence(f"Earlier stop-loss exits in the last {lookback_minutes} min",
-                             _table(["closed (UTC)", "coin", "side", "exit", "source"], rows))
+                             table(["closed (UTC)", "coin", "side", "exit", "source"], rows))
 
     if exchange_problems:
         distinct = list(dict.fromkeys(exchange_problems))
@@ -733,7 +724,7 @@ def _review(run: IncidentRun, lookback_minutes: int, tolerance_pct: float, coin:
     run.add_evidence("Open positions and their stops (exchange)",
                      positions_evidence(checks, health_unprotected, unprotected))
     run.add_evidence("Account balance and margin",
-                     _table(["account value", "withdrawable", "margin used", "margin usage"],
+                     table(["account value", "withdrawable", "margin used", "margin usage"],
                             [[_usd(state.account_value), _usd(state.withdrawable), _usd(state.total_margin_used),
                               "-" if state.margin_usage is None else f"{float(state.margin_usage) * 100:.2f} %"]]))
 

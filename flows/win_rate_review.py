@@ -33,6 +33,7 @@ from flows.stop_loss_review import BotConfigRead, read_bot_config
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
+from runbook.markdown import table
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.logs import scan_log
 from tasks.probes import check_health, dig
@@ -66,12 +67,6 @@ def _ratio(value: float | None) -> str:
     if value is None:
         return "n/a"
     return "∞" if math.isinf(value) else f"{value:.2f}"
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def fills_of(fills: list[dict[str, Any]], trades: pd.DataFrame) -> list[dict[str, Any]]:
@@ -136,11 +131,11 @@ def groups_by(trades: pd.DataFrame, dimension: str) -> list[Group]:
     return sorted(result, key=lambda g: g.loss_sum)
 
 
-def group_table(groups: list[Group]) -> str:
+def grouptable(groups: list[Group]) -> str:
     total_loss = sum(g.loss_sum for g in groups) or -1.0
     rows = [[g.name, g.trades, g.losses, _pct(g.win_rate), _usd(g.pnl), _usd(g.loss_sum),
              f"{g.loss_sum / total_loss * 100:.0f} %", _pct(g.rest_win_rate)] for g in groups]
-    return _table([groups[0].dimension if groups else "group", "trades", "losses", "win rate", "PnL", "lost on losers",
+    return table([groups[0].dimension if groups else "group", "trades", "losses", "win rate", "PnL", "lost on losers",
                    "share of losses", "win rate elsewhere"], rows)
 
 
@@ -195,7 +190,7 @@ def recommend(recent: TradeMetrics, previous: TradeMetrics | None, groups: dict[
     return recs
 
 
-def performance_table(columns: list[tuple[str, TradeMetrics | None]]) -> str:
+def performancetable(columns: list[tuple[str, TradeMetrics | None]]) -> str:
     def row(label: str, value: Callable[[TradeMetrics], str]) -> list[str]:
         return [label] + [value(m) if m is not None else "-" for _, m in columns]
 
@@ -212,7 +207,7 @@ def performance_table(columns: list[tuple[str, TradeMetrics | None]]) -> str:
         row("Longest losing streak", lambda m: str(m.longest_losing_streak)),
         row("Max drawdown", lambda m: _usd(m.max_drawdown)),
     ]
-    return _table(["metric"] + [label for label, _ in columns], rows)
+    return table(["metric"] + [label for label, _ in columns], rows)
 
 
 def _flat(prefix: str, value: Any) -> list[list[str]]:
@@ -264,7 +259,7 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
     else:
         rows = [row for key in ("strategy", "risk_management", "position_sizing")
                 if bot_config.get(key) is not None for row in _flat(key, bot_config.get(key))]
-        run.add_evidence("Strategy parameters (config.json)", _table(["parameter", "value"], rows))
+        run.add_evidence("Strategy parameters (config.json)", table(["parameter", "value"], rows))
 
     # What the bot says about itself (the watcher's view) and its log (`grep "TRADE EXIT.*LOSS" | tail -10`).
     health = health_f.result()
@@ -305,7 +300,7 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
     m_recent = compute_metrics(fills_of(fills, recent), start) if len(recent) else None
     m_previous = compute_metrics(fills_of(fills, previous), start) if len(previous) else None
     run.add_evidence(f"Performance: last {len(recent)} trades vs the {len(previous)} before",
-                     performance_table([(f"last {len(recent)}", m_recent), (f"previous {len(previous)}", m_previous),
+                     performancetable([(f"last {len(recent)}", m_recent), (f"previous {len(previous)}", m_previous),
                                         (f"all {lookback_days} days", window)]))
 
     threshold = watch.win_rate_threshold
@@ -319,11 +314,11 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
     losers = recent[recent["pnl"] < 0]
     if len(losers):
         for dimension, found in groups.items():
-            run.add_evidence(f"Losing trades by {dimension} (last {len(recent)} trades)", group_table(found))
+            run.add_evidence(f"Losing trades by {dimension} (last {len(recent)} trades)", grouptable(found))
         rows = [[f"{t.closed_at:%Y-%m-%d %H:%M:%S}", t.coin, t.position, f"{t.size:g}", f"{t.avg_exit_px:,.6g}",
                  _usd(t.pnl), hold_bucket(t.holding_seconds)] for t in losers.tail(10).itertuples()]
         run.add_evidence("Last 10 losing trades (exchange)",
-                         _table(["closed (UTC)", "coin", "side", "size", "exit", "PnL", "held"], rows))
+                         table(["closed (UTC)", "coin", "side", "size", "exit", "PnL", "held"], rows))
     recs = recommend(m_recent, m_previous, groups, bot_config, len(recent))
     run.add_evidence("Recommendations", "\n".join(f"1. {r}" for r in recs))
 

@@ -27,8 +27,11 @@ demo: install
 screenshot: install
 	DEMO_HOLD=0 DEMO_SCREENSHOT=docs/img/triggered-run.png $(VENV)/bin/python -m runbook.demo
 
+# Three workers: the integration tests mostly wait on real processes, so they overlap well even on two
+# cores; --dist loadfile keeps each module's shared sandbox inside one worker.
+TEST_WORKERS ?= 3
 test: install
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Every benchmark, each printing its reference measured in the same run (see bench/README.md).
 bench: install

@@ -4,25 +4,25 @@ Immediate actions: check process status, restart the bot, verify recovery.
 Investigation: recent logs, error patterns, system resources (captured before the restart changes them).
 Escalation: if the bot cannot be restarted, escalate to the senior engineer (L2).
 Prevention: a restart storm (N restarts within an hour) escalates instead of restarting again.
+The restart itself (storm guard, policy, stop + start, verify) is tasks/restart.py's, shared with the
+WebSocket and memory runbooks.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import timedelta
 
-from prefect import flow, task
+from prefect import flow
 
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
-from runbook.policy import authorize
 from runbook.settings import BotSettings
-from tasks import NO_CACHE_POLICY
 from tasks.logs import scan_log, tail_log
-from tasks.probes import HealthReport, check_health, probe_health_once, read_metrics_once
-from tasks.process import BotProcess, ProcessError, check_process, locate_bot, start_bot, stop_process
+from tasks.probes import HealthReport, check_health
+from tasks.process import BotProcess, check_process
+from tasks.restart import guarded_restart
 from tasks.system import check_system
 
 ALERT = "crash-recovery"
@@ -75,59 +75,6 @@ def capture_evidence(run: IncidentRun) -> None:
     run.note(f"evidence captured: {len(tail.lines)} log lines, {scan.matches} error lines; {resources.summary()}")
 
 
-def restart_storm(run: IncidentRun) -> int | None:
-    """Restarts in the storm window if they reached the limit, else None."""
-    recovery = run.settings.recovery
-    recent = run.journal.count_actions(run.bot_name, "restart", timedelta(seconds=recovery.restart_storm_window_seconds))
-    return recent if recent >= recovery.restart_storm_max else None
-
-
-@task(name="verify recovery", cache_policy=NO_CACHE_POLICY)
-def verify_recovery(bot: BotSettings, timeout_seconds: float) -> tuple[bool, str]:
-    """Step 3, "Verify Recovery": health 200, websocket connected, metrics moving; polled with backoff."""
-    deadline = time.monotonic() + timeout_seconds
-    delay, last = 0.25, "not checked"
-    while True:
-        process = locate_bot(bot)
-        health = probe_health_once(bot)
-        if process is None:
-            last = "no bot process"
-        elif not health.healthy:
-            last = health.summary()
-        elif health.websocket_connected is False:
-            last = "health is 200 but the websocket is not connected"
-        elif bot.verify_metrics and not _metrics_moving(bot):
-            last = "health is 200 but the metrics are not changing"
-        else:
-            return True, f"PID {process.pid}: {health.summary()}" + ("; metrics changing" if bot.verify_metrics else "")
-        if time.monotonic() + delay > deadline:
-            return False, f"not recovered after {timeout_seconds:g}s: {last}"
-        time.sleep(delay)
-        delay = min(delay * 2, 3.0)
-
-
-def _metrics_moving(bot: BotSettings, window_seconds: float = 4.0) -> bool:
-    first = read_metrics_once(bot)
-    if first.error:
-        return False
-    deadline = time.monotonic() + window_seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        second = read_metrics_once(bot)
-        if not second.error and second.samples != first.samples:
-            return True
-    return False
-
-
-def restart(run: IncidentRun, diagnosis: Diagnosis) -> None:
-    """Step 2, "Restart Bot": stop the hung process (verified PID only), then run the start command."""
-    if diagnosis.process is not None:
-        stopped = stop_process(diagnosis.process, run.bot, run.settings.recovery.stop_timeout_seconds)
-        run.act("stop", stopped, detail={"pid": diagnosis.process.pid})
-    started = start_bot(run.bot)
-    run.act("restart", started)
-
-
 @flow(name="crash-recovery", description="Runbook: Bot Crashed/Stopped — diagnose, restart, verify, escalate.")
 def crash_recovery(bot: str | None = None, config: str | None = None, incident_id: int | None = None) -> Outcome:
     """Bring a crashed or hung bot back.
@@ -142,7 +89,7 @@ def crash_recovery(bot: str | None = None, config: str | None = None, incident_i
              mention_level="L1")
     recovery = run.settings.recovery
     try:
-        with bot_lock(run.bot_name, recovery.lock_timeout_seconds):
+        with bot_lock(run.bot_name, recovery.lock_timeout_seconds, recovery.lock_lease_seconds):
             return _respond(run)
     except TimeoutError:
         return run.escalate("L1", f"another remediation held bot {run.bot_name} for over "
@@ -169,33 +116,12 @@ def _respond(run: IncidentRun) -> Outcome:
     run.tell("INVESTIGATING", f"bot {diagnosis.verdict}: {diagnosis.describe()}", ["capture evidence", "restart the bot"])
     capture_evidence(run)
 
-    storm = restart_storm(run)
-    if storm is not None:
-        window = run.settings.recovery.restart_storm_window_seconds // 60
-        return run.escalate("L2", f"restart storm: {storm} restarts in the last {window} min; not restarting again.",
-                            ["find the root cause in the error log before restarting", "restart by hand when safe"])
-
     what = ("kill the hung bot (verified PID) and start it again" if diagnosis.process else "start the bot") + \
         f" with `{' '.join(run.bot.start_command) or run.bot.systemd_unit}`"
-    decision = authorize(run.settings.policy.restart, what, run.settings.policy.approval_timeout_seconds)
-    run.note(decision.how)
-    if not decision.allowed:
-        run.act("restart", f"not restarted: {decision.how}", ok=False, dry_run=decision.dry_run)
-        return run.escalate("L1", f"bot {diagnosis.verdict} and not restarted ({decision.how}).",
-                            [f"restart by hand: {what}", "then verify: curl the health endpoint"])
-
-    try:
-        restart(run, diagnosis)
-    except ProcessError as error:
-        run.act("restart", f"restart failed: {error}", ok=False)
-        return run.escalate("L2", f"the bot could not be restarted: {error}", ["restart by hand", "read the error log"])
-
-    recovered, detail = verify_recovery(run.bot, run.settings.recovery.verify_timeout_seconds)
-    run.act("verify", detail, ok=recovered)
-    if recovered:
-        return run.resolve(j.AUTO_RESOLVED, f"bot was {diagnosis.verdict}; restarted and verified healthy ({detail}).")
-    return run.escalate("L2", f"bot restarted but did not recover: {detail}",
-                        ["read the bot's stdout log and error log", "fix the cause, then restart by hand"])
+    result = guarded_restart(run, diagnosis.process, f"bot {diagnosis.verdict}", what)
+    if isinstance(result, Outcome):
+        return result
+    return run.resolve(j.AUTO_RESOLVED, f"bot was {diagnosis.verdict}; restarted and verified healthy ({result}).")
 
 
 def _since_fired(run: IncidentRun) -> timedelta:

@@ -454,13 +454,20 @@ class SimulatedWebsocket:
         self.last_message_at: float | None = None
         self.reconnect_attempts = 0
         self._blip_seen = False
+        # Like `hang`, a stuck connection belongs to the process that saw the `websocket` fault begin:
+        # a bot (re)started while it is set connects (a restart is the cure the runbook offers).
+        self._stuck_armed = not board.active("websocket")
 
     def run(self) -> None:
         self._connect()
         while not self._stop.is_set():
             self._gate()
-            if self._board.active("websocket"):
+            if not self._board.active("websocket"):
+                self._stuck_armed = True
+            if self._board.active("websocket") and self._stuck_armed:
                 self._outage(lambda: not self._board.active("websocket"), "connection lost")
+            elif self._board.active("exchange-unreachable"):  # same host: no websocket either
+                self._outage(lambda: not self._board.active("exchange-unreachable"), "connection refused")
             elif self._board.active("websocket-blip") and not self._blip_seen:
                 self._blip_seen = True
                 seconds = float(self._board.param("websocket-blip", "seconds", 3))

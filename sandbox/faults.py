@@ -29,6 +29,7 @@ FAULT_KINDS: dict[str, str] = {
     "no-start": "the bot exits at start-up (for restarts that fail)",
     "exchange-down": "the exchange answers 503 to everything",
     "exchange-ratelimit": "the exchange answers 429 with body null",
+    "exchange-unreachable": "the exchange stops listening and drops its connections (connection refused)",
     "slack-down": "the Slack API answers 503",
     "slack-ratelimit": "the Slack API answers 429 with Retry-After",
     "slack-auth": "the Slack API answers invalid_auth",

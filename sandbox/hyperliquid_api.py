@@ -470,7 +470,9 @@ class Venue:
         if address in self.state["accounts"]:
             return address
         for master, account in self.state["accounts"].items():
-            if address in account["agents"]:
+            agent = account["agents"].get(address)
+            # An agent past its validUntil is no longer approved (it stays listed in extraAgents).
+            if agent is not None and int(agent.get("validUntil") or now_ms()) >= now_ms():
                 return master
         return None
 
@@ -1533,7 +1535,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recorded", type=Path, default=None, help="directory of recorded responses to replay")
     args = parser.parse_args(argv)
     app = create_app(args.state_dir, args.faults, seed=args.seed, recorded_dir=args.recorded)
-    serve(app, host=args.host, port=args.port, log_level=args.log_level)
+    faults = app.state.venue.faults
+    serve(app, host=args.host, port=args.port, log_level=args.log_level,
+          refuse=lambda: faults.active("exchange-unreachable"))
 
 
 if __name__ == "__main__":

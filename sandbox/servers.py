@@ -9,13 +9,15 @@ know *when* it accepts connections and *which* port it got, so `serve()` prints 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import os
 import re
 import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,11 @@ LISTENING_RE = re.compile(r"listening on (http://\S+)")
 class _AnnouncingServer(uvicorn.Server):
     """uvicorn server that announces its real address once the listening socket exists."""
 
-    def __init__(self, config: uvicorn.Config, host: str) -> None:
+    def __init__(self, config: uvicorn.Config, host: str, refuse: Callable[[], bool] | None = None) -> None:
         super().__init__(config)
         self._announce_host = host
+        self._refuse = refuse
+        self._refused_port: int | None = None  # set while we are not listening on purpose
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets=sockets)
@@ -42,11 +46,42 @@ class _AnnouncingServer(uvicorn.Server):
                 break
         print(f"listening on http://{self._announce_host}:{port}", flush=True)
 
+    async def on_tick(self, counter: int) -> bool:
+        if self._refuse is not None:
+            await self._gate(self._refuse())
+        return await super().on_tick(counter)
 
-def serve(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
-    """Serve `app` until SIGINT/SIGTERM; prints `listening on http://HOST:PORT` when ready."""
+    async def _gate(self, refuse: bool) -> None:
+        """An unreachable host: stop listening and reset open connections while `refuse()` holds (callers
+        get "connection refused"); listen again on the same port once it no longer does."""
+        if refuse and self._refused_port is None:
+            port = next((sock.getsockname()[1] for server in self.servers for sock in server.sockets or ()),
+                        self.config.port)
+            for server in self.servers:
+                server.close()
+            for connection in list(self.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            self._refused_port = port
+        elif not refuse and self._refused_port is not None:
+            config = self.config
+            protocol = functools.partial(config.http_protocol_class, config=config, server_state=self.server_state,
+                                         app_state=self.lifespan.state)
+            server = await asyncio.get_running_loop().create_server(
+                protocol, host=config.host, port=self._refused_port, backlog=config.backlog)
+            self.servers = [server]
+            self._refused_port = None
+
+
+def serve(app: Any, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
+          refuse: Callable[[], bool] | None = None) -> None:
+    """Serve `app` until SIGINT/SIGTERM; prints `listening on http://HOST:PORT` when ready.
+
+    `refuse`, polled ten times a second, makes the server unreachable while it returns true.
+    """
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on")
-    _AnnouncingServer(config, host).run()
+    _AnnouncingServer(config, host, refuse).run()
 
 
 def common_arguments(description: str) -> argparse.ArgumentParser:

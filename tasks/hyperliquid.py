@@ -178,6 +178,19 @@ class RateLimit:
         return self.used / self.cap if self.cap > 0 else 1.0
 
 
+@dataclass
+class Agent:
+    """A named API wallet of an account (extraAgents); `valid_until` None when the answer has no expiry."""
+
+    name: str
+    address: str
+    valid_until: datetime | None
+
+    @property
+    def expired(self) -> bool:
+        return self.valid_until is not None and self.valid_until < datetime.now(UTC)
+
+
 # ----------------------------------------------------------------------------------------------
 # conversions
 
@@ -649,6 +662,48 @@ class HyperliquidInfo:
                 cum_volume=raw.num("cumVlm"),
             )
 
+    def account_value_history(self, address: str) -> list[tuple[datetime, Decimal]]:
+        """The account's value over time (portfolio), oldest first: the points of the "day", "week", "month"
+        and "allTime" periods together, so recent times have the finest points the exchange keeps."""
+        kind = "portfolio"
+        body = self.post({"type": kind, "user": self._user(kind, address)})
+        with self._parsing(kind):
+            periods = {_str(item[0], f"[{i}][0]"): item[1] for i, item in enumerate(_list(body, ""))}
+            if "allTime" not in periods:
+                raise _Unexpected(f"no 'allTime' period (got {', '.join(periods) or 'none'})")
+            points: dict[int, Decimal] = {}
+            for name in ("allTime", "month", "week", "day"):
+                if name not in periods:
+                    continue
+                raw = _Node(periods[name], name)
+                where = f"{name}.accountValueHistory"
+                for i, point in enumerate(_list(raw.data.get("accountValueHistory"), where)):
+                    points[_int(point[0], f"{where}[{i}][0]")] = _dec(point[1], f"{where}[{i}][1]")
+            return [(from_ms(ms), value) for ms, value in sorted(points.items())]
+
+    def funding(self, address: str, start: datetime, end: datetime | None = None,
+                *, page_cap: int = 500, max_pages: int = MAX_FILL_PAGES) -> list[dict[str, Any]]:
+        """Funding payments between `start` and `end` (userFunding, paged by time, de-duplicated), oldest first."""
+        kind = "userFunding"
+        user = self._user(kind, address)
+        end_ms = None if end is None else to_ms(end)
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        cursor = to_ms(start)
+        for _page in range(max_pages):
+            answer = self.post({"type": kind, "user": user, "startTime": cursor, "endTime": end_ms})
+            with self._parsing(kind):
+                page = [_Node(item, f"[{i}]") for i, item in enumerate(_list(answer, ""))]
+                for entry in page:
+                    delta = entry.node("delta")
+                    found.setdefault((entry.integer("time"), entry.opt_text("hash"), delta.opt_text("coin")), entry.data)
+            if len(page) < page_cap:
+                break
+            last = max(entry.integer("time") for entry in page)
+            if last <= cursor:
+                break
+            cursor = last
+        return sorted(found.values(), key=lambda entry: entry["time"])
+
     def user_role(self, address: str) -> tuple[str, str | None]:
         """(role, master): role is user/agent/vault/subAccount/missing; master for agents and sub-accounts."""
         kind = "userRole"
@@ -660,6 +715,19 @@ class HyperliquidInfo:
             if data is not None:
                 master = data.opt_text("user") or data.opt_text("master")
             return raw.text("role"), None if master is None else master.lower()
+
+    def extra_agents(self, address: str) -> list[Agent]:
+        """The account's named API wallets (extraAgents), with their expiry."""
+        kind = "extraAgents"
+        body = self.post({"type": kind, "user": self._user(kind, address)})
+        with self._parsing(kind):
+            agents = []
+            for i, item in enumerate(_list(body, "")):
+                raw = _Node(item, f"[{i}]")
+                until = raw.data.get("validUntil")
+                agents.append(Agent(name=raw.text("name", ""), address=raw.text("address").lower(),
+                                    valid_until=None if until is None else from_ms(raw.integer("validUntil"))))
+            return agents
 # ----------------------------------------------------------------------------------------------
 # Prefect tasks
 
@@ -724,4 +792,40 @@ def get_candles(
 def get_rate_limit(account: HyperliquidAccount) -> RateLimit:
     """Runbook: how much of the address's action budget is left (a bot at its limit cannot close fast)."""
     with HyperliquidInfo.from_account(account) as client:
+        return client.rate_limit(account.account_address)
+
+
+@task(name="read Hyperliquid role of an address", **_TASK_OPTIONS)
+def get_user_role(account: HyperliquidAccount, address: str) -> tuple[str, str | None]:
+    """userRole: (role, master) — is `address` an account ("user"), an agent (and of whom), or unknown."""
+    with HyperliquidInfo.from_account(account) as client:
+        return client.user_role(address)
+
+
+@task(name="read Hyperliquid agents", **_TASK_OPTIONS)
+def get_extra_agents(account: HyperliquidAccount) -> list[Agent]:
+    """extraAgents of the configured account: its named API wallets and when each expires."""
+    with HyperliquidInfo.from_account(account) as client:
+        return client.extra_agents(account.account_address)
+
+
+@task(name="read Hyperliquid account value history", timeout_seconds=120, **_TASK_OPTIONS)
+def get_account_value_history(account: HyperliquidAccount) -> list[tuple[datetime, Decimal]]:
+    """The account's value over time (portfolio allTime): the equity a report's window starts from."""
+    with HyperliquidInfo.from_account(account) as client:
+        return client.account_value_history(account.account_address)
+
+
+@task(name="read Hyperliquid funding", timeout_seconds=600, **_TASK_OPTIONS)
+def get_funding(account: HyperliquidAccount, start: datetime, end: datetime | None = None) -> list[dict[str, Any]]:
+    """Funding paid and received between `start` and `end` (userFunding): reported apart from trading P&L."""
+    with HyperliquidInfo.from_account(account) as client:
+        return client.funding(account.account_address, start, end)
+
+
+@task(name="probe Hyperliquid rate limit", cache_policy=NO_CACHE_POLICY)
+def probe_rate_limit(account: HyperliquidAccount) -> RateLimit:
+    """userRateLimit asked once, without retries: during a latency or rate-limit incident a retry adds
+    load and time, and a failed read is itself the finding."""
+    with HyperliquidInfo.from_account(account, max_attempts=1) as client:
         return client.rate_limit(account.account_address)

@@ -6,6 +6,7 @@ types) into a `HealthReport` with a readable `error`, never an exception: a brok
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,3 +187,101 @@ def breaker_state(health: HealthReport, fields: HealthFields) -> tuple[bool, str
     reason = dig(body, reason_path)
     tripped = health.halted or dig(body, fields.circuit_breaker) is True
     return tripped, reason if isinstance(reason, str) and reason else None
+
+
+# ----------------------------------------------------------------------------------------------
+# request latency: the bot's request-duration histogram (or summary), as percentiles over a window
+
+
+@dataclass
+class LatencyDistribution:
+    """One reading of a request-duration metric, summed over its labels; seconds throughout.
+
+    A histogram keeps cumulative bucket counts, so the difference of two readings is the distribution of
+    the requests made between them (`minus`), and `quantile` interpolates within buckets as Prometheus'
+    histogram_quantile does. A summary carries the bot's own quantiles and, over a window, only a mean.
+    """
+
+    url: str
+    metric: str
+    kind: str = "absent"  # histogram, summary or absent
+    family: str | None = None
+    buckets: list[tuple[float, float]] = field(default_factory=list)  # (upper bound, cumulative count)
+    count: float = 0.0
+    total: float = 0.0
+    quantiles: dict[float, float] = field(default_factory=dict)  # summary only
+    error: str | None = None
+
+    @property
+    def mean(self) -> float | None:
+        return self.total / self.count if self.count > 0 else None
+
+    def minus(self, earlier: LatencyDistribution) -> LatencyDistribution:
+        """The requests observed after `earlier` (a restarted bot's counters start again: then all of these)."""
+        if earlier.error or earlier.kind != self.kind or self.count < earlier.count:
+            return self
+        before = dict(earlier.buckets)
+        return LatencyDistribution(
+            url=self.url, metric=self.metric, kind=self.kind, family=self.family,
+            buckets=[(bound, count - before.get(bound, 0.0)) for bound, count in self.buckets],
+            count=self.count - earlier.count, total=self.total - earlier.total, quantiles=dict(self.quantiles),
+        )
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile (0..1) in seconds: interpolated in the histogram, or the summary's own if it has it."""
+        if self.kind == "summary":
+            return self.quantiles.get(q)
+        if self.kind != "histogram" or self.count <= 0 or not self.buckets:
+            return None
+        rank, lower, below = q * self.count, 0.0, 0.0
+        for bound, cumulative in self.buckets:
+            if cumulative >= rank:
+                if math.isinf(bound):
+                    return lower  # above the largest finite bucket: its bound is all we know
+                inside = cumulative - below
+                return lower + (bound - lower) * ((rank - below) / inside if inside > 0 else 1.0)
+            lower, below = bound, cumulative
+        return lower
+
+
+def _latency_from_text(text: str, url: str, metric: str) -> LatencyDistribution:
+    reading = LatencyDistribution(url=url, metric=metric)
+    for family in text_string_to_metric_families(text):
+        if not family.name.startswith(metric) or family.type not in ("histogram", "summary"):
+            continue
+        scale = 0.001 if family.name.endswith(("_milliseconds", "_ms")) else 1.0
+        reading.kind, reading.family = family.type, family.name
+        buckets: dict[float, float] = {}
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                buckets[bound * scale] = buckets.get(bound * scale, 0.0) + sample.value
+            elif sample.name.endswith("_count"):
+                reading.count += sample.value
+            elif sample.name.endswith("_sum"):
+                reading.total += sample.value * scale
+            elif "quantile" in sample.labels:
+                # Several label sets each have their own quantiles; keep the worst one.
+                q = float(sample.labels["quantile"])
+                reading.quantiles[q] = max(reading.quantiles.get(q, 0.0), sample.value * scale)
+        reading.buckets = sorted(buckets.items())
+        break
+    return reading
+
+
+def read_latency_once(bot: BotSettings, metric: str) -> LatencyDistribution:
+    try:
+        response = httpx.get(bot.metrics_url, timeout=bot.probe_timeout_seconds)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        return LatencyDistribution(url=bot.metrics_url, metric=metric, error=f"{type(error).__name__}: {error}")
+    try:
+        return _latency_from_text(response.text, bot.metrics_url, metric)
+    except (ValueError, TypeError, IndexError, KeyError) as error:
+        return LatencyDistribution(url=bot.metrics_url, metric=metric, error=f"metrics text is malformed: {error}")
+
+
+@task(name="read request-duration metric", cache_policy=NO_CACHE_POLICY)
+def read_latency(bot: BotSettings, metric: str) -> LatencyDistribution:
+    """Runbook `curl http://localhost:8000 | grep api_request_duration`, as a distribution."""
+    return read_latency_once(bot, metric)

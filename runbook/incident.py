@@ -38,6 +38,9 @@ class Outcome:
     report_path: str
     flow_run_id: str | None
     ui_url: str | None
+    # What the run produced that a person needs next, e.g. {"archive": "/path/emergency_backup_....tar.gz"};
+    # `runbook run` prints each entry.
+    details: dict[str, str] = field(default_factory=dict)
 
     @property
     def problem_remains(self) -> bool:

@@ -29,12 +29,17 @@ class Decision:
     how: str
 
 
-def authorize(policy: Policy, action: str, timeout_seconds: int) -> Decision:
-    """Decide whether `action` may run now. Call from a flow (not a task): it may pause the run."""
+def authorize(policy: Policy, action: str, timeout_seconds: int, assume_yes: bool = False) -> Decision:
+    """Decide whether `action` may run now. Call from a flow (not a task): it may pause the run.
+
+    `assume_yes` is a person's explicit yes given up front (`runbook run NAME --yes`): it answers an
+    `approve` policy without pausing; it never overrides `dry-run`."""
     if policy is Policy.auto:
         return Decision(True, False, "allowed by policy 'auto'")
     if policy is Policy.dry_run:
         return Decision(False, True, f"dry-run: would {action}")
+    if assume_yes:
+        return Decision(True, False, "approved with --yes from the shell")
     form = ActionApproval.with_initial_data(
         description=f"### Approval needed\n\nThe runbook wants to **{action}**.\n\n"
         f"Approve to let it run; reject to leave it to a person. No answer within "

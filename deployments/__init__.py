@@ -6,9 +6,11 @@ from pathlib import Path
 
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron, Schedule
 
 from runbook.alerts import get_alert
 from runbook.firing import EVENT_FIRED
+from runbook.settings import Settings, load_settings
 
 
 def alert_trigger(alert_key: str) -> DeploymentEventTrigger:
@@ -26,10 +28,18 @@ def alert_trigger(alert_key: str) -> DeploymentEventTrigger:
     )
 
 
-def build_deployments(config: Path) -> list[RunnerDeployment]:
+def report_schedules(alert_key: str, settings: Settings) -> list[Schedule]:
+    """A scheduled report's cron from `[reports]`, in the configured time zone (DST included)."""
+    reports = settings.reports
+    cron = {"daily-summary": reports.daily_cron, "weekly-alert-analysis": reports.weekly_cron}.get(alert_key)
+    return [Cron(cron, timezone=reports.timezone)] if cron else []
+
+
+def build_deployments(config: Path, settings: Settings | None = None) -> list[RunnerDeployment]:
     """Every flow that exists, with its trigger (and schedule, for scheduled reports)."""
     from flows import registry
 
+    settings = settings or load_settings(config)
     deployments = []
     for key, flow in registry().items():
         alert = get_alert(key)
@@ -38,6 +48,7 @@ def build_deployments(config: Path) -> list[RunnerDeployment]:
             description=f"Runbook: {alert.title} ({alert.severity.value}). {alert.condition}.",
             parameters={"config": str(config)},
             triggers=[] if alert.scheduled else [alert_trigger(key)],
+            schedules=report_schedules(key, settings) if alert.scheduled else None,
             tags=["runbook", alert.severity.value.lower()],
             # Loaded by module path, so the runner finds the flow whatever its working directory.
             entrypoint_type=EntrypointType.MODULE_PATH,

@@ -48,7 +48,7 @@ import pandas as pd
 
 __all__ = [
     "FillsError", "TradeMetrics", "CoinMetrics", "load_fills", "fills_frame", "closed_trades",
-    "compute_metrics", "format_metrics_text", "analyze_trades_command", "REQUIRED_FIELDS",
+    "compute_metrics", "format_metrics_text", "analyze_trades_command", "REQUIRED_FIELDS", "read_fill_list",
 ]
 
 DAY_MS = 86_400_000
@@ -112,6 +112,13 @@ def _read_fill_list(source: str | Path | IO[Any]) -> list[Any]:
     except RecursionError:
         raise FillsError(f"invalid JSON in {name}: nested too deeply") from None
     return _find_fill_list(data, name)
+
+
+def read_fill_list(source: str | Path | IO[Any]) -> list[Any]:
+    """The list of fills in a file (`-`: stdin) or an open stream, as parsed: fills_frame validates it.
+
+    Like load_fills without the validation pass, for callers that build the frame right after."""
+    return _read_fill_list(source)
 
 
 def _find_fill_list(data: Any, name: str, depth: int = 0) -> list[Any]:
@@ -689,8 +696,15 @@ def compute_metrics(
     fills: Iterable[dict[str, Any]] | pd.DataFrame,
     start_balance: Decimal | float | int | str = Decimal(10000),
     funding: list[Any] | None = None,
+    *,
+    days: tuple[date, date] | None = None,
+    tz: str | None = None,
 ) -> TradeMetrics:
-    """All metrics for a window of fills (a list as the info API returns it, or a fills_frame)."""
+    """All metrics for a window of fills (a list as the info API returns it, or a fills_frame).
+
+    The daily equity (and so Sharpe and Sortino) covers every calendar day from the first to the last fill,
+    in UTC; `days=(first, last)` makes it cover exactly those days (both included, days without fills
+    count as flat days), and `tz` (an IANA name) makes the days that zone's calendar days."""
     frame = fills_frame(fills)
     trades = closed_trades(frame)
     start = _balance(start_balance)
@@ -725,24 +739,31 @@ def compute_metrics(
     max_dd_u = int(drawdown.max())
     max_dd_pct = float((drawdown.astype(np.float64) / peak.astype(np.float64)).max())
 
-    # daily equity from the first to the last fill day (UTC)
+    # daily equity from the first to the last fill day (UTC, or `tz`), or over the `days` asked for
     daily: list[tuple[date, Decimal]] = []
     sharpe = sortino = None
     period_start = period_end = None
+    epoch = date(1970, 1, 1)
     if len(frame):
         times = frame["time"].to_numpy()
         first_ms, last_ms = int(times.min()), int(times.max())
         period_start, period_end = _utc(first_ms), _utc(last_ms)
-        first_day, last_day = first_ms // DAY_MS, last_ms // DAY_MS
-        days = np.arange(first_day, last_day + 1)
-        per_day = pd.Series(pnl_u, copy=False).groupby(trades["close_time"].to_numpy() // DAY_MS).sum()
-        per_day = per_day.reindex(days, fill_value=0)
-        day_pnl = per_day.to_numpy()
-        if day_pnl.dtype != object:
-            day_pnl = day_pnl.astype(np.int64)
+    if len(frame) or days is not None:
+        if days is not None:
+            first_day, last_day = ((d - epoch).days for d in days)
+        else:
+            first_day, last_day = (int(d) for d in _day_numbers(np.array([first_ms, last_ms]), tz))
+        day_range = np.arange(first_day, last_day + 1)
+        if len(pnl_u):
+            close_days = _day_numbers(trades["close_time"].to_numpy(dtype=np.int64), tz)
+            per_day = pd.Series(pnl_u, copy=False).groupby(close_days).sum().reindex(day_range, fill_value=0)
+            day_pnl = per_day.to_numpy()
+            if day_pnl.dtype != object:
+                day_pnl = day_pnl.astype(np.int64)
+        else:
+            day_pnl = np.zeros(len(day_range), dtype=np.int64)
         day_equity = start_u + np.cumsum(day_pnl)
-        epoch = date(1970, 1, 1)
-        daily = [(epoch + timedelta(days=int(d)), _dec(e, scale)) for d, e in zip(days, day_equity)]
+        daily = [(epoch + timedelta(days=int(d)), _dec(e, scale)) for d, e in zip(day_range, day_equity)]
         sharpe, sortino = _sharpe_sortino(np.concatenate(([start_u], day_equity)).astype(np.float64))
 
     by_coin = _by_coin(frame, trades, pnl_u, closed_u, fee_u, scale, funding_by_coin, funding is not None)
@@ -759,6 +780,14 @@ def compute_metrics(
 
 def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+
+
+def _day_numbers(ms: np.ndarray, tz: str | None) -> np.ndarray:
+    """Calendar day (days since 1970-01-01) of each epoch-ms time, in UTC or in the zone `tz`."""
+    if tz is None or tz == "UTC":
+        return ms // DAY_MS
+    local = pd.DatetimeIndex(pd.to_datetime(ms, unit="ms", utc=True)).tz_convert(tz).tz_localize(None)
+    return local.to_numpy().astype("datetime64[D]").astype(np.int64)
 
 
 def _sharpe_sortino(equity: np.ndarray) -> tuple[float | None, float | None]:

@@ -7,20 +7,23 @@ the database itself (a partial unique index), so two alerts racing each other ca
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event, func, select, text, update,
+    Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event, func, or_, select, text,
+    type_coerce, update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 OPEN, RESOLVED, ESCALATED = "open", "resolved", "escalated"
@@ -151,6 +154,38 @@ class Notification(Base):
 
 
 Index("ix_actions_bot_step_at", Action.bot, Action.step, Action.at)
+
+
+class BalanceHigh(Base):
+    """An all-time balance high of a bot, as the new-balance-high flow confirmed and recorded it."""
+
+    __tablename__ = "balance_highs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bot: Mapped[str] = mapped_column(String(128), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # Exact decimal text (money is never a float here); `previous` is the high it beat, if any.
+    balance: Mapped[str] = mapped_column(String(64))
+    previous: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    source: Mapped[str] = mapped_column(String(32))
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), nullable=True)
+    config_backup: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The strategy settings and performance that produced it (JSON).
+    detail: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    @property
+    def amount(self) -> Decimal:
+        return Decimal(self.balance)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bot": self.bot, "at": _iso(self.at), "balance": self.balance, "previous": self.previous,
+                "source": self.source, "incident_id": self.incident_id, "config_backup": self.config_backup,
+                "detail": json.loads(self.detail) if self.detail else None}
+
+
+# The columns the weekly KPIs read (reports/weekly.py), in this order.
+KPI_COLUMNS = ("id", "alert", "bot", "severity", "status", "outcome", "fired_at", "response_started_at",
+               "resolved_at", "repeat_count")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -333,12 +368,18 @@ class Journal:
     def deliberate_stop(self, bot: str) -> Incident | None:
         """An unresolved incident in which a remediation stopped this bot on purpose (e.g. daily loss).
 
-        While one exists the bot is held down: crash recovery must not restart it.
+        While one exists the bot is held down: crash recovery must not restart it. A stop followed by a
+        restart (attempt) in the same incident — the restart step the websocket and memory runbooks share
+        with crash recovery — is not a hold.
         """
+        restart = aliased(Action)
+        restarted = select(restart.id).where(restart.incident_id == Incident.id, restart.step == "restart",
+                                             restart.dry_run.is_(False), restart.at >= Action.at)
         query = (
             select(Incident).join(Action)
             .where(Incident.bot == bot, Incident.status != RESOLVED, Action.step == "stop",
-                   Action.ok.is_(True), Action.dry_run.is_(False), Incident.alert != "crash-recovery")
+                   Action.ok.is_(True), Action.dry_run.is_(False), Incident.alert != "crash-recovery",
+                   ~restarted.exists())
             .order_by(Incident.id.desc())
         )
         with self._session() as session:
@@ -354,3 +395,47 @@ class Journal:
     def ping(self) -> None:
         with self._session() as session:
             session.execute(text("SELECT 1"))
+
+    # -- the weekly KPIs and balance highs ------------------------------------------------------
+
+    def kpi_columns(self, start: datetime, end: datetime, bot: str | None = None) -> dict[str, list[Any]]:
+        """The KPI_COLUMNS of every incident the KPIs of [start, end) need, column by column: those fired
+        in it, and those fired before it that were still unresolved at `start` (they count as downtime).
+
+        Times come as the database hands them over (naive UTC: text on SQLite, datetimes elsewhere), unconverted:
+        100 000 incidents are parsed at once by pandas (reports/weekly.py), not one by one here."""
+        table = Incident.__table__
+        raw = {"fired_at", "response_started_at", "resolved_at"}
+        query = (select(*(type_coerce(table.c[name], String).label(name) if name in raw else table.c[name]
+                          for name in KPI_COLUMNS))
+                 .where(table.c.fired_at < end,
+                        or_(table.c.fired_at >= start, table.c.resolved_at.is_(None), table.c.resolved_at > start))
+                 .order_by(table.c.fired_at, table.c.id))
+        if bot:
+            query = query.where(table.c.bot == bot)
+        enabled = gc.isenabled()
+        gc.disable()  # a million rows stay alive until returned: collections would rescan them for nothing
+        try:
+            with self._session() as session:
+                rows = session.execute(query).all()
+            return {name: [row[i] for row in rows] for i, name in enumerate(KPI_COLUMNS)}
+        finally:
+            if enabled:
+                gc.enable()
+
+    def record_balance_high(self, bot: str, balance: Decimal, *, source: str, previous: Decimal | None = None,
+                            incident_id: int | None = None, config_backup: str | None = None,
+                            detail: dict[str, Any] | None = None, at: datetime | None = None) -> BalanceHigh:
+        with self._session() as session:
+            high = BalanceHigh(bot=bot, at=at or utcnow(), balance=str(balance),
+                               previous=None if previous is None else str(previous), source=source,
+                               incident_id=incident_id, config_backup=config_backup,
+                               detail=json.dumps(detail, default=str) if detail is not None else None)
+            session.add(high)
+        return high
+
+    def balance_high(self, bot: str) -> BalanceHigh | None:
+        """The highest balance recorded for this bot (None before the first)."""
+        with self._session() as session:
+            highs = list(session.scalars(select(BalanceHigh).where(BalanceHigh.bot == bot)))
+        return max(highs, key=lambda high: (high.amount, high.id), default=None)

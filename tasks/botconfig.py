@@ -266,6 +266,24 @@ def apply_change(path: Path, change: ConfigChange, now: datetime | None = None) 
     return backup
 
 
+def backup_config(path: Path, now: datetime | None = None) -> Path:
+    """Copy the config as it is now to `config.json.bak-YYYYmmdd_HHMMSS` beside it (never overwriting one)."""
+    path = Path(path)
+    try:
+        raw, mode = path.read_bytes(), stat.S_IMODE(path.stat().st_mode)
+    except OSError as error:
+        raise BotConfigError(f"cannot read {path}: {error.strerror or error}") from None
+    backup = _write_exclusive(_backup_path(path, now or datetime.now(UTC)), raw, mode)
+    _fsync_dir(path.parent)
+    return backup
+
+
+@task(name="back up bot config", cache_policy=NO_CACHE_POLICY)
+def backup_bot_config(path: Path) -> Path:
+    """Runbook: "Backup configuration" — a timestamped copy of the bot's config beside it."""
+    return backup_config(path)
+
+
 @task(name="write bot config change", cache_policy=NO_CACHE_POLICY)
 def apply_config_change(path: Path, change: ConfigChange) -> Path:
     """Write the approved change atomically, keeping a timestamped backup of the old file."""

@@ -127,3 +127,131 @@ def post_notice(settings: SlackSettings, journal_url: str, incident_id: int, not
         return False
     journal.record_notification(incident_id, channel, notice.status, text, delivered=True, ts=ts)
     return True
+
+
+# -- reports: a file into the channel -----------------------------------------------------------
+
+
+@dataclass
+class Upload:
+    """What became of a report posted to Slack: delivered with its permalink, or why not."""
+
+    delivered: bool
+    channel: str
+    permalink: str | None = None
+    error: str | None = None
+
+
+def channel_id(client: WebClient, channel: str) -> str:
+    """The id of a channel given as `#name`, `name` or an id (file uploads take ids only)."""
+    name = channel.lstrip("#")
+    cursor = None
+    while True:
+        page = client.conversations_list(types="public_channel,private_channel", exclude_archived=True, limit=1000,
+                                         cursor=cursor)
+        for found in page.get("channels") or []:
+            if found.get("id") == channel or found.get("name") == name:
+                return str(found["id"])
+        cursor = (page.get("response_metadata") or {}).get("next_cursor")
+        if not cursor:
+            raise LookupError(f"no Slack channel {channel!r} visible to the bot")
+
+
+def upload_file(settings: SlackSettings, path: str, message: str, title: str, channel: str | None = None) -> Upload:
+    """Upload the file at `path` into `channel` (default: the alert channel) with `message` as its comment.
+
+    Never raises: a report is not lost because Slack is down; the caller says so in its artifact."""
+    logger = _logger()
+    target = channel or settings.channel
+    token = None
+    try:
+        token = resolve_secret(settings.token, settings.token_block)
+    except Exception as error:
+        logger.warning("Slack token unavailable: %s", _reason(error))
+    if not token:
+        return Upload(False, target, error="Slack is not configured (no token)")
+    client = slack_client(settings)
+    assert client is not None
+    try:
+        answer = client.files_upload_v2(channel=channel_id(client, target), file=str(path),
+                                        filename=path.rsplit("/", 1)[-1], title=title,
+                                        initial_comment=redact(message, [token]))
+    except Exception as error:
+        reason = _reason(error)
+        logger.warning("could not post %s to Slack %s: %s", title, target, reason)
+        return Upload(False, target, error=reason)
+    file = answer.get("file") or {}
+    return Upload(True, target, permalink=file.get("permalink"))
+
+
+@task(name="post report to Slack", cache_policy=NO_CACHE_POLICY, timeout_seconds=120)
+def post_report(settings: SlackSettings, path: str, message: str, title: str, channel: str | None = None) -> Upload:
+    """The PDF into the channel with a short summary as its comment (a failed post fails nothing)."""
+    return upload_file(settings, path, message, title, channel)
+
+
+# -- stakeholders: the runbook's "Stakeholder Communication" ------------------------------------
+
+
+@dataclass
+class StakeholderUpdate:
+    """The fields of the runbook's stakeholder template ("Trading System Status Update")."""
+
+    severity: str
+    brief_description: str
+    impact_on_trading: str
+    downtime_duration: str
+    identified_cause: str
+    steps_taken: list[str]
+    preventive_measures: str
+    status: str
+    on_call_engineer: str
+
+    def render(self) -> str:
+        steps = "".join(f"\n- {step}" for step in self.steps_taken) or " none yet"
+        return (
+            "Subject: Trading System Status Update\n\n"
+            "Dear Team,\n\n"
+            f"We experienced a {self.severity} incident with the trading system:\n\n"
+            f"Issue: {self.brief_description}\n"
+            f"Impact: {self.impact_on_trading}\n"
+            f"Duration: {self.downtime_duration}\n\n"
+            f"Root Cause: {self.identified_cause}\n"
+            f"Resolution:{steps}\n\n"
+            f"Prevention: {self.preventive_measures}\n\n"
+            f"The system is now {self.status}.\n"
+            f"Please contact {self.on_call_engineer} with questions.\n\n"
+            "Best regards,\n"
+            "Trading Operations Team"
+        )
+
+
+@task(name="notify stakeholders", cache_policy=NO_CACHE_POLICY)
+def notify_stakeholders(settings: SlackSettings, journal_url: str, incident_id: int, update: StakeholderUpdate) -> bool:
+    """Post the stakeholder update to the stakeholder channel (its own message, not the incident thread).
+
+    Recorded in the journal like every notification (status "STAKEHOLDER"); never raises."""
+    logger = _logger()
+    journal = Journal(journal_url)
+    channel = settings.stakeholder_channel
+    token = None
+    try:
+        token = resolve_secret(settings.token, settings.token_block)
+    except Exception as error:
+        logger.warning("Slack token unavailable: %s", _reason(error))
+    text = redact(update.render(), [token])
+    if not token:
+        journal.record_notification(incident_id, channel, "STAKEHOLDER", text, delivered=False,
+                                    error="Slack is not configured (no token)")
+        return False
+    client = slack_client(settings)
+    assert client is not None
+    try:
+        reply = client.chat_postMessage(channel=channel, text=text)
+    except Exception as error:
+        reason = _reason(error)
+        journal.record_notification(incident_id, channel, "STAKEHOLDER", text, delivered=False, error=reason)
+        logger.warning("stakeholder update not delivered (%s); kept in the journal", reason)
+        return False
+    journal.record_notification(incident_id, channel, "STAKEHOLDER", text, delivered=True, ts=reply["ts"])
+    return True

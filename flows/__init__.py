@@ -13,6 +13,16 @@ FLOWS: dict[str, str] = {
     "win-rate-review": "flows.win_rate_review:win_rate_review",
     "daily-loss-limit": "flows.daily_loss_limit:daily_loss_limit",
     "insufficient-balance": "flows.insufficient_balance:insufficient_balance",
+    "daily-summary": "flows.daily_summary:daily_summary",
+    "new-balance-high": "flows.new_balance_high:new_balance_high",
+    "weekly-alert-analysis": "flows.weekly_alert_analysis:weekly_alert_analysis",
+    "emergency-backup": "flows.emergency_backup:emergency_backup",
+    "system-failure": "flows.system_failure:system_failure",
+    "security-breach": "flows.security_breach:security_breach",
+    "websocket-disconnected": "flows.websocket_disconnected:websocket_disconnected",
+    "api-auth-failed": "flows.api_auth_failed:api_auth_failed",
+    "api-latency": "flows.api_latency:api_latency",
+    "memory-usage": "flows.memory_usage:memory_usage",
 }
 
 

@@ -24,6 +24,9 @@ sandbox_app = typer.Typer(help="The embedded sandbox: a simulated bot, a local H
 app.add_typer(sandbox_app, name="sandbox")
 analyze_app = typer.Typer(help="Analyse trading data.", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze")
+report_app = typer.Typer(help="Render a report now: the daily trading summary or the weekly alert analysis (PDF).",
+                         no_args_is_help=True)
+app.add_typer(report_app, name="report")
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Runbook TOML (default: $RUNBOOK_CONFIG or ./runbook.toml)")
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of text.")
@@ -59,6 +62,8 @@ def run(
     config: Optional[Path] = ConfigOption,
     param: list[str] = typer.Option([], "--param", "-p", help="Extra flow parameter key=value (repeatable)."),
     as_json: bool = JsonOption,
+    yes: bool = typer.Option(False, "--yes", help="Approve the flow's destructive steps now (e.g. liquidation, "
+                                                  "zeroize) instead of pausing for the form; never overrides dry-run."),
 ) -> None:
     """Run one runbook flow now, on the Prefect server in PREFECT_API_URL."""
     if name not in CATALOGUE:
@@ -75,6 +80,12 @@ def run(
     if name not in FLOWS:
         raise _fail(f"{name!r} has no automated flow yet (the alert is in the catalogue; respond by hand)")
     params = {"bot": bot, "config": str(path), **_parse_params(param)}
+    if yes:
+        import inspect
+
+        if "assume_yes" not in inspect.signature(load(name).fn).parameters:
+            raise _fail(f"{name} has no approvals to answer with --yes")
+        params["assume_yes"] = True
     from prefect.exceptions import ParameterTypeError
 
     try:
@@ -86,11 +97,15 @@ def run(
     except Exception as error:  # the flow run failed: its logs are in the Prefect UI
         typer.echo(f"error: flow {name} failed: {type(error).__name__}: {error}", err=True)
         raise typer.Exit(1)
+    if not hasattr(outcome, "incident_id"):  # a scheduled report (reports.ReportOutcome): no incident
+        _emit(outcome.to_dict(), as_json, outcome.describe())
+        raise typer.Exit(1 if outcome.problem_remains else 0)
     data = outcome.to_dict()
     _emit(data, as_json, "\n".join([
         f"incident #{outcome.incident_id} ({outcome.alert}, bot {outcome.bot}): {outcome.status.upper()} — {outcome.outcome}",
         f"  {outcome.summary}",
         f"  incident report: {outcome.report_path}",
+        *[f"  {key}: {value}" for key, value in getattr(outcome, "details", {}).items()],
         *([f"  flow run: {outcome.ui_url}"] if outcome.ui_url else []),
     ]))
     raise typer.Exit(1 if outcome.problem_remains else 0)
@@ -114,6 +129,38 @@ def serve(
         serve_all(path, watch=watch, intake=intake)
     except KeyboardInterrupt:
         pass
+
+
+@app.command()
+def deploy(
+    pool: str = typer.Option(..., "--pool", help="Process work pool (`prefect work-pool create NAME --type process`)."),
+    config: Optional[Path] = ConfigOption,
+    queue: Optional[str] = typer.Option(None, "--queue", help="Work queue of the pool (one per bot host in a fleet)."),
+    suffix: Optional[str] = typer.Option(None, "--suffix", help="Appended to each deployment's name "
+                                         "(crash-recovery-SUFFIX): one set per bot host."),
+    only: list[str] = typer.Option([], "--only", help="Register only this deployment (repeatable)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Register the deployments (triggers, schedules) to a work pool; workers on other hosts run them
+    (`prefect worker start --pool NAME`). See docs/scaling.md."""
+    path = config_path(config).resolve()
+    try:
+        load_settings(path)
+    except ConfigError as error:
+        raise _fail(str(error))
+    from runbook.deploy import DeployError, deploy_to_pool
+
+    try:
+        registered = deploy_to_pool(path, pool, queue=queue, suffix=suffix, only=only or None)
+    except DeployError as error:
+        raise _fail(str(error))
+    _emit([r.to_dict() for r in registered], as_json, "\n".join(
+        [f"{len(registered)} deployment(s) registered to work pool {pool!r}"
+         + (f", queue {queue!r}" if queue else "") + f"; triggers for bot(s) {', '.join(registered[0].bots)}:"
+         if registered else "nothing registered"]
+        + [f"  {r.flow}/{r.name}  ({r.triggers} trigger(s), {r.schedules} schedule(s))" for r in registered]
+        + (["start a worker on each host that runs them: prefect worker start --pool " + pool
+            + (f" --work-queue {queue}" if queue else "")] if registered else [])))
 
 
 @app.command()
@@ -260,6 +307,105 @@ def analyze_trades(
     from reports.trades import analyze_trades_command
 
     code, output = analyze_trades_command(fills, start_balance, as_json)
+    typer.echo(output, err=code != 0)
+    raise typer.Exit(code)
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _optional_settings(config: Optional[Path]) -> Any:
+    """The configuration when one is given or ./runbook.toml exists; None otherwise (file-only reports)."""
+    path = config_path(config)
+    if config is None and not path.is_file():
+        return None
+    try:
+        return load_settings(path)
+    except ConfigError as error:
+        raise _fail(str(error))
+
+
+@report_app.command("daily")
+def report_daily(
+    date: Optional[str] = typer.Option(None, "--date", help="The day, YYYY-MM-DD in reports.timezone (default: "
+                                                            "yesterday; with --fills: the last fill's day)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PDF (default: reports_dir/daily; "
+                                                           "with --fills and no configuration: the current folder)."),
+    fills: Optional[str] = typer.Option(None, "--fills", help="Render from this file of fills (as `runbook analyze "
+                                                              "trades` reads it; - for stdin) instead of the exchange."),
+    start_balance: Optional[float] = typer.Option(None, "--start-balance",
+                                                  help="With --fills: the equity at the start of the day."),
+    bot: Optional[str] = typer.Option(None, "--bot", "-b", help="Which configured bot."),
+    config: Optional[Path] = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The daily trading summary of one day as a PDF: from the exchange, or from a file of fills."""
+    from reports.daily import daily_from_exchange, daily_from_file, parse_day
+
+    try:
+        day = parse_day(date) if date else None
+    except ValueError as error:
+        raise _fail(str(error))
+    if fills is not None:
+        if start_balance is None:
+            raise _fail("--fills needs --start-balance (the equity at the start of the day)")
+        settings = _optional_settings(config)
+        folder = out or (settings.reports_dir / "daily" if settings else Path("."))
+        code, output = daily_from_file(fills, day, start_balance, folder,
+                                       tz=settings.reports.timezone if settings else "UTC", bot=bot or "",
+                                       as_json=as_json)
+    else:
+        if start_balance is not None:
+            raise _fail("--start-balance goes with --fills (from the exchange, the account's value history is used)")
+        try:
+            settings = load_settings(config)
+        except ConfigError as error:
+            raise _fail(str(error))
+        code, output = daily_from_exchange(settings, bot, day, out, as_json)
+    typer.echo(output, err=code != 0)
+    raise typer.Exit(code)
+
+
+@report_app.command("weekly")
+def report_weekly(
+    period: Optional[str] = typer.Option(None, "--period", help="The window: 7d, 24h, 30d, 2w ... (default: "
+                                                                "reports.weekly_period, 7d)."),
+    end: Optional[str] = typer.Option(None, "--end", help="Where the window ends: YYYY-MM-DD (00:00 UTC) or an ISO "
+                                                          "8601 time (default: now)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PDF (default: reports_dir/weekly; with "
+                                                           "--from-file and no configuration: the current folder)."),
+    from_file: Optional[str] = typer.Option(None, "--from-file", help="Analyse this alert history instead of the "
+                                            "journal: JSON lines or a JSON list of incidents with the fields of "
+                                            "`runbook incidents --json`; - for stdin."),
+    bot: Optional[str] = typer.Option(None, "--bot", "-b", help="Only this bot's incidents."),
+    config: Optional[Path] = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """The weekly alert-pattern analysis (MTTR, false positives, uptime, MTBF, RTO...) as a PDF."""
+    from datetime import timedelta
+
+    from reports.weekly import parse_end, weekly_command
+    from runbook.journal import JournalError
+    from runbook.settings import parse_period
+
+    settings = _optional_settings(config) if from_file else None
+    if not from_file:
+        try:
+            settings = load_settings(config)
+        except ConfigError as error:
+            raise _fail(str(error))
+    try:
+        span = parse_period(period or (settings.reports.weekly_period if settings else "7d"))
+        end_at = parse_end(end)
+    except ValueError as error:
+        raise _fail(f"--period: {error}" if "period" in str(error) else str(error))
+    folder = out or (settings.reports_dir / "weekly" if settings else Path("."))
+    flap = timedelta(minutes=settings.reports.flap_window_minutes) if settings else timedelta(hours=1)
+    try:
+        code, output = weekly_command(journal_url=settings.journal_url if settings else None, from_file=from_file,
+                                      period=span, end=end_at, out=folder, bot=bot, flap_window=flap, as_json=as_json)
+    except JournalError as error:
+        raise _fail(str(error))
     typer.echo(output, err=code != 0)
     raise typer.Exit(code)
 

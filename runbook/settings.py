@@ -8,6 +8,7 @@ A bad file fails at load with one line per bad field (`ConfigError`).
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,16 @@ class BotSettings(Section):
         """A bot path from config, resolved against the bot's working dir."""
         return relative if relative.is_absolute() else self.working_dir / relative
 
+    def confined_path(self, relative: Path) -> Path:
+        """A bot path for writing or removing: it must stay inside the bot's folder once every link and
+        `..` is resolved, or a config value (or a planted symlink) could aim a write anywhere."""
+        root = self.working_dir.resolve()
+        target = self.path(relative).resolve()
+        if not target.is_relative_to(root):
+            raise ConfigError(f"{self.path(relative)} resolves to {target}, outside the bot's folder {root}; "
+                              "refusing to write or remove it")
+        return target
+
     @property
     def pidfile_path(self) -> Path | None:
         return self.path(self.pidfile) if self.pidfile else None
@@ -150,6 +161,9 @@ class RecoverySettings(Section):
     stop_timeout_seconds: float = Field(10.0, gt=0)
     verify_timeout_seconds: float = Field(60.0, gt=0)
     lock_timeout_seconds: float = Field(180.0, gt=0)
+    # The bot lock is a lease the holder renews; if the holder dies (worker killed), the server frees
+    # it after this long (+ up to 15 s), so the next remediation is not locked out. Prefect's minimum is 60.
+    lock_lease_seconds: float = Field(60.0, ge=60)
     evidence_log_lines: int = Field(100, ge=1)
 
 
@@ -204,6 +218,167 @@ class IntakeSettings(Section):
     bot_label: str = "bot"
 
 
+class InfraSettings(Section):
+    """The infrastructure runbooks: WebSocket disconnected, API auth failed, API latency, memory usage."""
+
+    # Network checks to the API host (DNS, TCP connect, HTTPS request): samples taken one after another.
+    network_samples: int = Field(5, ge=1, le=50)
+    network_timeout_seconds: float = Field(5.0, gt=0)
+    # A TCP connect slower than this (median) puts the blame on the network, not the exchange.
+    slow_connect_ms: float = Field(1000.0, gt=0)
+    # How long the websocket flow waits for the bot's own reconnect before it restarts the bot.
+    websocket_reconnect_wait_seconds: float = Field(60.0, ge=0)
+    # Log lines younger than this count as "recent" (reconnect attempts, rate-limit mentions, API calls).
+    recent_log_minutes: float = Field(10.0, gt=0)
+    # The latency flow reads the bot's request-duration histogram twice, this far apart.
+    latency_window_seconds: float = Field(30.0, gt=0)
+    latency_metric: str = "api_request_duration"
+    # The bot's own request volume counts as the cause above this many API calls a minute (the IP limit
+    # is 1200 weight/min; most info requests weigh 2-20), or above this share of its address budget.
+    api_calls_per_minute_budget: float = Field(600.0, gt=0)
+    rate_limit_usage_high: float = Field(0.9, gt=0, le=1)
+    # Memory: restart the bot (restart policy) when host memory is above this and the bot is the largest
+    # process, or when the bot alone is above memory_restart_bot_mb (None: host memory only).
+    memory_restart_percent: float = Field(90.0, gt=0, le=100)
+    memory_restart_bot_mb: float | None = Field(None, gt=0)
+    memory_samples: int = Field(5, ge=2, le=120)
+    memory_sample_interval_seconds: float = Field(2.0, gt=0)
+    # RSS growing faster than this across the samples is a leak; otherwise a spike (or a plateau).
+    memory_leak_mb_per_minute: float = Field(10.0, gt=0)
+    memory_top_processes: int = Field(10, ge=1)
+    # Regular expressions over the bot's log messages (the bot contract; adapt them for another bot).
+    reconnect_pattern: str = r"websocket reconnect attempt (?P<attempt>\d+)(?: in (?P<delay>[\d.]+)s)?"
+    websocket_pattern: str = r"websocket"
+    rate_limit_pattern: str = r"rate limit|HTTP 429"
+    api_call_pattern: str = r"^API CALL (?P<endpoint>\S+)"
+    auth_pattern: str = r"auth"
+
+    @field_validator("reconnect_pattern", "websocket_pattern", "rate_limit_pattern", "api_call_pattern",
+                     "auth_pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        import re
+
+        try:
+            re.compile(value)
+        except re.error as error:
+            raise ValueError(f"not a regular expression: {error}") from None
+        return value
+
+
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_PERIOD_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_period(text: str) -> timedelta:
+    """`7d`, `24h`, `90m`, `2w` (a positive number and a unit) as a timedelta; ValueError otherwise."""
+    value = str(text).strip().lower()
+    try:
+        amount = float(value[:-1])
+    except ValueError:
+        amount = float("nan")
+    if value[-1:] not in _PERIOD_UNITS or not 0 < amount < 10**6:
+        raise ValueError(f"a period is a positive number and a unit (m, h, d or w), e.g. 7d or 24h; not {text!r}")
+    return timedelta(seconds=amount * _PERIOD_UNITS[value[-1:]])
+
+
+def _hh_mm(value: str) -> tuple[int, int]:
+    hours, sep, minutes = value.partition(":")
+    if not (sep and hours.isdigit() and minutes.isdigit() and int(hours) < 24 and int(minutes) < 60):
+        raise ValueError(f"must be HH:MM (24-hour clock), not {value!r}")
+    return int(hours), int(minutes)
+
+
+class ReportSettings(Section):
+    """The scheduled reports (daily trading summary, weekly alert analysis): when, and over what window."""
+
+    # The daily summary runs at this local time and covers the last complete day before it.
+    daily_time: str = "00:05"
+    weekly_day: str = "mon"
+    weekly_time: str = "08:00"
+    # IANA time zone of both schedules and of the summary's day boundaries.
+    timezone: str = "UTC"
+    # The weekly analysis covers [end - period, end).
+    weekly_period: str = "7d"
+    # An alert firing again on the same bot this soon after its previous incident resolved is flapping.
+    flap_window_minutes: float = Field(60.0, gt=0)
+    # Where the PDFs are posted (None: slack.channel).
+    slack_channel: str | None = None
+
+    @field_validator("daily_time", "weekly_time")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        _hh_mm(value)
+        return value
+
+    @field_validator("weekly_day")
+    @classmethod
+    def _day(cls, value: str) -> str:
+        day = value.strip().lower()[:3]
+        if day not in WEEKDAYS:
+            raise ValueError(f"must be a weekday ({', '.join(WEEKDAYS)}), not {value!r}")
+        return day
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(value)
+        except (KeyError, ValueError):  # ZoneInfoNotFoundError is a KeyError; a malformed name a ValueError
+            raise ValueError(f"unknown time zone {value!r} (an IANA name such as UTC or Europe/Zurich)") from None
+        return value
+
+    @field_validator("weekly_period")
+    @classmethod
+    def _period(cls, value: str) -> str:
+        parse_period(value)
+        return value
+
+    @property
+    def daily_cron(self) -> str:
+        hours, minutes = _hh_mm(self.daily_time)
+        return f"{minutes} {hours} * * *"
+
+    @property
+    def weekly_cron(self) -> str:
+        hours, minutes = _hh_mm(self.weekly_time)
+        return f"{minutes} {hours} * * {self.weekly_day}"
+
+
+class BackupSettings(Section):
+    """Evidence backups: `emergency-backup`, and the evidence step of system-failure and security-breach."""
+
+    # Archives go to FOLDER/<bot>/emergency_backup_YYYYmmdd_HHMMSS.tar.gz (UTC); relative to the cwd.
+    folder: Path = Path("runbook-backups")
+    # What is archived: folders of the bot's working_dir (the runbook's `logs/ data/ config/`).
+    include: list[Path] = [Path("logs"), Path("data"), Path("config")]
+    # Retention, per bot: keep this many newest archives (0: all) and none older than max_age_days.
+    keep: int = Field(30, ge=0)
+    max_age_days: float | None = Field(None, gt=0)
+    # gzip level (gzip's and `tar -czf`'s default is 6) and compression threads (None: one per CPU).
+    compress_level: int = Field(6, ge=0, le=9)
+    workers: int | None = Field(None, ge=1)
+    # Read the archive back against its manifest before publishing it.
+    verify: bool = True
+
+
+class EmergencySettings(Section):
+    """Complete system failure and security breach: stopping all trading and liquidating."""
+
+    # SIGTERM grace before SIGKILL when all trading must stop (crash recovery uses recovery.stop_timeout_seconds).
+    stop_timeout_seconds: float = Field(3.0, gt=0)
+    # Cancelling all open orders also removes the bot's stop-losses; keep reduce-only trigger orders
+    # (they can only shrink a position) with true.
+    keep_protective_orders: bool = False
+    # Each close is a reduce-only IOC priced at mid x (1 +/- slippage); what did not fill is retried
+    # (fresh mid each time) up to `liquidation_attempts` times, `liquidation_retry_delay_seconds` apart.
+    liquidation_slippage: float = Field(0.03, gt=0, le=0.2)
+    liquidation_attempts: int = Field(5, ge=1, le=50)
+    liquidation_retry_delay_seconds: float = Field(0.5, ge=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RUNBOOK_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -217,6 +392,10 @@ class Settings(BaseSettings):
     recovery: RecoverySettings = RecoverySettings()
     watch: WatchSettings = WatchSettings()
     intake: IntakeSettings = IntakeSettings()
+    infra: InfraSettings = InfraSettings()
+    reports: ReportSettings = ReportSettings()
+    backup: BackupSettings = BackupSettings()
+    emergency: EmergencySettings = EmergencySettings()
 
     @field_validator("bots")
     @classmethod

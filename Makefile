@@ -33,10 +33,10 @@ TEST_WORKERS ?= 3
 test: install
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-# Every benchmark, each printing its reference measured in the same run (see bench/README.md).
+# Every benchmark, each printing its reference measured in the same run, then one table of all
+# (bench/run_all.py; how to read it: docs/benchmarks.md). Under 15 minutes on 2 cores.
 bench: install
-	$(VENV)/bin/python -m bench.detection_recovery
-	$(VENV)/bin/python -m bench.run_latency
+	$(VENV)/bin/python -m bench.run_all
 
 clean:
 	-$(VENV)/bin/runbook sandbox down --dir .demo/sandbox

@@ -70,19 +70,21 @@ class Stack:
         self.sandbox_up = False
         self._cleanups: list[tuple[str, Callable[[], None]]] = []
 
-    def start(self, startup_seconds: float = 1.5) -> "Stack":
+    def start(self, startup_seconds: float = 1.5, sandbox: bool = True, database_url: str | None = None) -> "Stack":
         from runbook.localserver import start_server
 
         home = self.root / "prefect"
         self.say(f"starting a local Prefect server in {home} (5-15 s)")
         try:
-            self.server = start_server(home)
+            self.server = start_server(home, database_url=database_url)
         except BaseException:  # interrupted or failed while it was coming up: do not leave it running
             stop_orphan_server(home)
             raise
         # Every child (runbook run / serve, the flows they run) talks to this server.
         os.environ.update(self.server.env)
         self.say(f"Prefect server up at {self.server.url}")
+        if not sandbox:
+            return self
 
         from sandbox import manager
 
@@ -309,3 +311,30 @@ def describe_machine(info: dict[str, Any]) -> str:
 
 def dump_json(data: Any) -> str:
     return json.dumps(data, indent=2, default=str)
+
+
+# --- results for `make bench` (bench/run_all.py) -----------------------------------------------
+
+# Each benchmark, besides its own printed tables, writes its headline rows as JSON to the file named
+# by this variable (when set), so `python -m bench.run_all` can print one table of every benchmark.
+RESULTS_ENV = "BENCH_RESULTS"
+
+
+def result_row(measure: str, project: str, reference: str, ratio_value: float | None, target: str,
+               met: bool | str | None) -> dict[str, Any]:
+    """One line of the `make bench` table: what was measured, our figure, the reference measured in the
+    same run, ratio = ours / reference (None where a ratio means nothing), the target, and whether it
+    is met (True / False / a qualified string such as "median only" / None when there is no target)."""
+    met_text = "-" if met is None else met if isinstance(met, str) else ("yes" if met else "NO")
+    return {"measure": measure, "project": project, "reference": reference,
+            "ratio": ratio_value, "ratio_text": "-" if ratio_value is None else f"{ratio_value:.2f}x",
+            "target": target, "met": met, "met_text": met_text}
+
+
+def write_results(benchmark: str, rows: Sequence[dict[str, Any]], failure: str | None = None) -> None:
+    """Write this benchmark's rows where $BENCH_RESULTS says (nothing when it is unset)."""
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    Path(path).write_text(json.dumps({"benchmark": benchmark, "rows": list(rows), "failure": failure,
+                                      "machine": machine()}, indent=2, default=str))

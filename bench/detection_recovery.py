@@ -29,7 +29,8 @@ from typing import Any
 
 from bench.common import (
     RUNBOOK, BenchError, Progress, Stack, describe_machine, dump_json, health_code, machine, measure_bot_startup,
-    parse_time, ratio, seconds, sigterm_as_interrupt, stats, stop_process_group, table, tail, wait_until,
+    parse_time, ratio, result_row, seconds, sigterm_as_interrupt, stats, stop_process_group, table, tail, wait_until,
+    write_results,
 )
 
 ALERT = "crash-recovery"
@@ -310,6 +311,21 @@ def render(summary: dict[str, Any], info: dict[str, Any], args: argparse.Namespa
     return "\n".join(parts)
 
 
+def result_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two targets, for `make bench`'s table (bench/run_all.py)."""
+    poll, ref = s["poll_interval"], s["bot_startup"]["median"]
+    detect, recover = s["detection"], s["recovery"]
+    return [
+        result_row("crash -> incident fired (detection)", f"{seconds(detect['median'])} (worst {seconds(detect['worst'])})",
+                   f"poll interval {poll:g} s", detect["median"] / poll if detect["median"] is not None else None,
+                   f"worst <= {poll + 1:g} s", verdict(detect["worst"], detect["median"], poll + 1)),
+        result_row("crash -> /health 200 again (recovery)",
+                   f"{seconds(recover['median'])} (worst {seconds(recover['worst'])})", f"bot start-up {seconds(ref)}",
+                   recover["median"] / ref if recover["median"] is not None and ref else None,
+                   f"worst <= {seconds((ref or 0) + 3)}", verdict(recover["worst"], recover["median"], (ref or 0) + 3)),
+    ]
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -368,10 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
 
     if not rounds or not startup:
+        write_results("detection_recovery", [], failure or "nothing measured")
         print(f"no figures: {failure or 'nothing measured'}", file=sys.stderr)
         return 1
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     summary = summarise(rounds, startup, poll)
+    write_results("detection_recovery", result_rows(summary), failure)
     if args.json:
         print(dump_json({"machine": info, "poll_interval_seconds": poll, "runner_poll_frequency": runner_poll,
                          "restart_storm_max": int(STORM_MAX), "bot_startup_seconds": startup,

@@ -31,8 +31,8 @@ import time
 from typing import Any
 
 from bench.common import (
-    REPO, RUNBOOK, BenchError, Progress, Stack, describe_machine, dump_json, machine, parse_time, ratio, seconds,
-    sigterm_as_interrupt, stats, table,
+    REPO, RUNBOOK, BenchError, Progress, Stack, describe_machine, dump_json, machine, parse_time, ratio, result_row,
+    seconds, sigterm_as_interrupt, stats, table, write_results,
 )
 
 TARGET_SECONDS = 2.0
@@ -204,6 +204,16 @@ def render(s: dict[str, Any], info: dict[str, Any], rounds: int, first_task_name
     ])
 
 
+def result_rows(s: dict[str, Any], first_task_name: str) -> list[dict[str, Any]]:
+    """The target, for `make bench`'s table (bench/run_all.py)."""
+    a, b = s["a_first_task"], s["b_first_step"]
+    met = "yes" if a["worst"] <= TARGET_SECONDS else "median only" if a["median"] <= TARGET_SECONDS else False
+    return [result_row(f"`runbook run` spawn -> first task running ({first_task_name})",
+                       f"{seconds(a['median'])} (worst {seconds(a['worst'])})",
+                       f"direct import + call: {seconds(b['median'])}",
+                       a["median"] / b["median"] if b["median"] else None, f"worst <= {TARGET_SECONDS:g} s", met)]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.rounds < 1:
@@ -252,10 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         stack.close()
 
     if not a or not b or not c:
+        write_results("run_latency", [], failure or "nothing measured")
         print(f"no figures: {failure or 'nothing measured'}", file=sys.stderr)
         return 1
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     summary = summarise(a, b, c)
+    write_results("run_latency", result_rows(summary, a[0]["first_task_name"]), failure)
     if args.json:
         print(dump_json({"machine": info, "a_runbook_run": a, "b_direct": b, "c_import_prefect": c, "warmup_a": warm_a, "warmup_b": warm_b,
                          "summary": summary, "failure": failure}))

@@ -26,6 +26,8 @@ def free_port(preferred: int | None = None) -> int:
     candidates = ([preferred] if preferred else []) + [0]
     for port in candidates:
         with socket.socket() as sock:
+            # As uvicorn does: connections of a server just stopped (TIME_WAIT) do not hold its port.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -68,14 +70,17 @@ class LocalServer:
 
 
 def start_server(home: Path, port: int | None = None, *, exact_port: bool = False,
-                 timeout_seconds: float = 90.0) -> LocalServer:
-    """Start `prefect server start` on `port` (another free one if taken, unless `exact_port`)."""
+                 timeout_seconds: float = 90.0, database_url: str | None = None) -> LocalServer:
+    """Start `prefect server start` on `port` (another free one if taken, unless `exact_port`); its
+    database is SQLite in `home` unless `database_url` names another (postgresql+asyncpg://...)."""
     home.mkdir(parents=True, exist_ok=True)
     chosen = free_port(port)
     if exact_port and chosen != port:
         raise ServerError(f"port {port} is already in use")
     port = chosen
     env = server_env(home, port)
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     log_path = home / "server.log"
     prefect = Path(sys.executable).with_name("prefect")
     with open(log_path, "ab") as log:

@@ -60,3 +60,47 @@ def test_scan_groups_errors_ignoring_numbers(tmp_path: Path) -> None:
     assert scan.matches == 4 and scan.lines_read == 5 and scan.malformed == 1
     assert scan.top_messages[0] == ("API error: timeout after #ms", 2)
     assert scan.last_matches[-1] == "plain ERROR line"
+
+
+def test_scan_in_blocks_finds_what_a_line_by_line_scan_finds(tmp_path: Path, monkeypatch) -> None:
+    """The scan reads big blocks; lines cut by a block boundary, longer than a block, CRLF-ended or
+    without a final newline must count exactly as when reading line by line (and as `grep -c -i`)."""
+    import random
+    import re
+    import subprocess
+    from collections import Counter
+
+    import tasks.logs
+    from tasks.logs import parse_line
+
+    rng = random.Random(3)
+    pieces = [record("API error 502", "ERROR"), record("ok"), b"plain Error text", b"eRRoR", b"err", b"or",
+              b"x" * 700 + b" ERROR " + b"y" * 300, b"\xff\xfe error", b'{"message": "API error 0xabc"}\r', b""]
+    data = b"\n".join(rng.choice(pieces) for _ in range(3000)) + b"\nlast line, no newline, error"
+    path = tmp_path / "blocks.log"
+    path.write_bytes(data)
+
+    def line_by_line(pattern: str) -> tuple[int, int, int, list[tuple[str, int]], list[str]]:
+        needle = re.compile(re.escape(pattern).encode(), re.IGNORECASE)
+        groups: Counter[str] = Counter()
+        last: list[str] = []
+        lines = matches = malformed = 0
+        with open(path, "rb") as handle:
+            for raw in handle:
+                lines += 1
+                if needle.search(raw):
+                    line = parse_line(raw)
+                    matches += 1
+                    malformed += line.record is None
+                    groups[re.sub(r"0x[0-9a-fA-F]+|\d+(\.\d+)?", "#", line.message)[:200]] += 1
+                    last = (last + [line.message])[-10:]
+        return matches, lines, malformed, groups.most_common(5), last
+
+    monkeypatch.setattr(tasks.logs, "_SCAN_BLOCK", 256)  # many boundaries, and lines longer than a block
+    for pattern in ("error", "ERR", "0xabc", ""):
+        scan = scan_log.fn(path, pattern)
+        assert (scan.matches, scan.lines_read, scan.malformed, scan.top_messages, scan.last_matches) \
+            == line_by_line(pattern), pattern
+    grep = subprocess.run(["grep", "-a", "-c", "-i", "-F", "error", str(path)], capture_output=True, text=True,
+                          env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+    assert scan_log.fn(path, "error").matches == int(grep.stdout) > 0

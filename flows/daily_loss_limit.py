@@ -28,6 +28,7 @@ from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
 from runbook.markdown import table, usd
 from runbook.policy import authorize
+from runbook.settings import ConfigError
 from tasks import NO_CACHE_POLICY
 from tasks.botconfig import (
     BotConfig, BotConfigError, ConfigChange, apply_config_change, propose_change, read_bot_config,
@@ -356,7 +357,8 @@ def _ensure_stopped(run: IncidentRun, seen: Look, tripped: bool, reason: str | N
         return False, f"the bot (PID {pid}) is STILL TRADING: not stopped ({decision.how})", False
     run.note(f"stop: {decision.how}")
     try:
-        with bot_lock(run.bot_name, run.settings.recovery.lock_timeout_seconds):
+        with bot_lock(run.bot_name, run.settings.recovery.lock_timeout_seconds,
+                      run.settings.recovery.lock_lease_seconds):
             result = stop_process(seen.process, run.bot, run.settings.recovery.stop_timeout_seconds)
             after = check_process(run.bot)
     except TimeoutError:
@@ -399,12 +401,14 @@ def _recover(run: IncidentRun, config: BotConfig | None, config_error: str | Non
 
 def _apply(run: IncidentRun, path: Path, change: ConfigChange, detail: dict[str, Any], how: str) -> str:
     try:
-        with bot_lock(run.bot_name, run.settings.recovery.lock_timeout_seconds):
+        path = run.bot.confined_path(Path(path))
+        with bot_lock(run.bot_name, run.settings.recovery.lock_timeout_seconds,
+                      run.settings.recovery.lock_lease_seconds):
             backup = apply_config_change(path, change)
     except TimeoutError:
         run.act("config-change", "config not changed: another remediation holds the bot", ok=False, detail=detail)
         return "approved but not applied: another remediation held the bot"
-    except BotConfigError as error:
+    except (BotConfigError, ConfigError) as error:
         run.act("config-change", f"config not changed: {error}", ok=False, detail=detail)
         return f"approved but not applied: {error}"
     detail["backup"] = str(backup)

@@ -94,6 +94,16 @@ class Watcher:
                      patterns=patterns)
             for name, bot in settings.bots.items()
         ]
+        for state in self.bots:  # a restarted watcher starts from the recorded all-time high, not from zero
+            try:
+                high = journal.balance_high(state.name)
+            except Exception as error:  # noqa: BLE001 - the journal is checked again on every firing
+                log.warning("balance high of %s not read from the journal: %s", state.name, error)
+                high = None
+            state.balance_high = float(high.amount) if high is not None else None
+        # Alerts the journal could not take (locked, disk full...), retried first on every poll: a log
+        # line is read once, so an alert seen in it must not be dropped with the failed write.
+        self.pending: dict[tuple[str, str], str] = {}
 
     # -- observing -----------------------------------------------------------------------------
 
@@ -178,20 +188,30 @@ class Watcher:
 
     def poll_once(self) -> list[Firing]:
         fired: list[Firing] = []
+        for (key, bot), summary in list(self.pending.items()):
+            firing = self._fire(key, bot, summary)
+            if firing is not None:
+                fired.append(firing)
         for state in self.bots:
             seen = self.observe(state)
             for key, summary in self.evaluate(state, seen, time.monotonic()):
-                try:
-                    firing = fire_alert(self.journal, key, state.name, summary, source="watcher",
-                                        automated=self.automated, slack=self.settings.slack,
-                                        journal_url=self.settings.journal_url)
-                except Exception as error:  # one failure must not blind the watcher to the rest
-                    log.error("could not fire %s for %s: %s", key, state.name, error)
-                    continue
-                if firing.created:
-                    log.warning(firing.describe())
-                fired.append(firing)
+                firing = self._fire(key, state.name, summary)
+                if firing is not None:
+                    fired.append(firing)
         return fired
+
+    def _fire(self, key: str, bot: str, summary: str) -> Firing | None:
+        try:
+            firing = fire_alert(self.journal, key, bot, summary, source="watcher", automated=self.automated,
+                                slack=self.settings.slack, journal_url=self.settings.journal_url)
+        except Exception as error:  # one failure must not blind the watcher to the rest
+            self.pending[(key, bot)] = summary
+            log.error("could not record %s for %s (kept, retried on the next poll): %s", key, bot, error)
+            return None
+        self.pending.pop((key, bot), None)
+        if firing.created:
+            log.warning(firing.describe())
+        return firing
 
     def escalate_once(self) -> list[str]:
         """Page the next level for every incident still open past its response target; once per level."""

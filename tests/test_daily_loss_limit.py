@@ -214,6 +214,26 @@ def test_dry_run_policy_changes_nothing(tripped: Path, monkeypatch: pytest.Monke
     assert "position_sizing.base_size_usd: 50.0 -> 12.5" in action.description
 
 
+def test_a_config_linked_out_of_the_bot_folder_is_never_written(tripped: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """Security: a planted symlink must not turn an approved config change into a write elsewhere."""
+    monkeypatch.setenv("RUNBOOK_POLICY__CONFIG_CHANGE", "auto")
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(bot_json(tripped).read_text())
+    original = bot_json(tripped).read_text()
+    bot_json(tripped).unlink()
+    bot_json(tripped).symlink_to(outside)
+    try:
+        outcome = run_flow(tripped)
+    finally:
+        bot_json(tripped).unlink()
+        bot_json(tripped).write_text(original)
+    assert outside.read_text() == original and backups(tripped) == []
+    [action] = journal_of(tripped).get(outcome.incident_id).actions
+    assert (action.step, action.ok) == ("config-change", False)
+    assert f"resolves to {outside}, outside the bot's folder" in action.description
+
+
 def test_exchange_down_is_a_clear_finding(tripped: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOK_POLICY__CONFIG_CHANGE", "dry-run")
     manager.fault(tripped, "exchange-down")

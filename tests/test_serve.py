@@ -92,7 +92,7 @@ def test_crash_is_detected_and_healed_by_a_triggered_run(served: dict) -> None:
     before = {run["id"] for run in runs_of(served)}
     manager.fault(served["dir"], "crash")
     incident = wait("the alert", lambda: journal_of(served).incidents(alert="crash-recovery", open_only=True), 30)[0]
-    run = wait("the triggered run", lambda: [r for r in runs_of(served) if r["id"] not in before], 60)[0]
+    run = wait("the triggered run", lambda: [r for r in runs_of(served) if r["id"] not in before], 120)[0]
     assert run["parameters"]["incident_id"] == incident.id and run["parameters"]["bot"] == "sandbox"
     done = wait("the recovery", lambda: (lambda i: i if i.status != j.OPEN else None)(journal_of(served).get(incident.id)), 90)
     assert done.status == j.RESOLVED and done.outcome == j.AUTO_RESOLVED, done.summary
@@ -114,7 +114,7 @@ def test_alertmanager_webhook_starts_the_remediation(served: dict) -> None:
     assert httpx.post(url, json=payload, timeout=10).status_code == 401
     answer = httpx.post(url, json=payload, headers={"Authorization": f"Bearer {served['intake_token']}"}, timeout=10)
     assert answer.status_code == 202, answer.text
-    run = wait("the triggered run", lambda: [r for r in runs_of(served) if r["id"] not in before], 60)[0]
+    run = wait("the triggered run", lambda: [r for r in runs_of(served) if r["id"] not in before], 120)[0]
     incident_id = run["parameters"]["incident_id"]
     done = wait("the run to finish", lambda: (lambda i: i if i.status != j.OPEN else None)(journal_of(served).get(incident_id)), 90)
     # The bot was fine: Prometheus was wrong, and the runbook touched nothing.

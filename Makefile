@@ -31,7 +31,7 @@ screenshot: install
 # cores; --dist loadfile keeps each module's shared sandbox inside one worker.
 TEST_WORKERS ?= 3
 test: install
-	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Every benchmark, each printing its reference measured in the same run, then one table of all
 # (bench/run_all.py; how to read it: docs/benchmarks.md). Under 15 minutes on 2 cores.

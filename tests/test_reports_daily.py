@@ -7,6 +7,7 @@ Most tests need no server and no sandbox; the flow tests share one sandbox for t
 from __future__ import annotations
 
 import json
+import time
 import math
 import subprocess
 import sys
@@ -247,8 +248,17 @@ def round_trip(directory: Path) -> None:
     key = json.loads(bot.hyperliquid.key_file.read_text())["private_key"]
     exchange = Exchange(eth_account.Account.from_key(key), bot.hyperliquid.api_url,
                         account_address=bot.hyperliquid.account_address, timeout=10)
-    for result in (exchange.market_open("ETH", True, 0.01), exchange.market_close("ETH", 0.01)):
-        assert result["status"] == "ok", result
+    # The bot trades ETH too: with a position of its own open, a 0.01 round trip would never close a trade.
+    # Hold its trading (the `hang` fault) and close the whole ETH position, so the day has a closed trade.
+    from sandbox import manager
+
+    manager.fault(directory, "hang")
+    try:
+        time.sleep(1.5)
+        for result in (exchange.market_open("ETH", True, 0.01), exchange.market_close("ETH")):
+            assert result["status"] == "ok", result
+    finally:
+        manager.fault(directory, "clear")
 
 
 def exchange_fills(directory: Path, until: datetime | None = None) -> list[dict]:

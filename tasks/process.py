@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -136,18 +137,28 @@ def stop_process(process: BotProcess, bot: BotSettings, timeout_seconds: float) 
             return f"PID {process.pid} had already exited"
         raise
     proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_seconds)
-        _reap(process.pid)
+    if _exited(proc, timeout_seconds):
         return f"PID {process.pid} stopped by SIGTERM"
-    except psutil.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
+    proc.send_signal(signal.SIGKILL)
+    if not _exited(proc, 5):
+        raise ProcessError(f"PID {process.pid} survived SIGKILL")
+    return f"PID {process.pid} ignored SIGTERM for {timeout_seconds:g}s; killed with SIGKILL"
+
+
+def _exited(proc: psutil.Process, timeout_seconds: float) -> bool:
+    """Whether the process ended within the timeout. A dead process whose parent has not reaped it yet
+    (a zombie: the bot started by another program) has ended too, though its PID still shows."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        _reap(proc.pid)
         try:
-            proc.wait(timeout=5)
-        except psutil.TimeoutExpired:
-            raise ProcessError(f"PID {process.pid} survived SIGKILL") from None
-        _reap(process.pid)
-        return f"PID {process.pid} ignored SIGTERM for {timeout_seconds:g}s; killed with SIGKILL"
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _clean_env() -> dict[str, str]:

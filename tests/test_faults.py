@@ -238,3 +238,27 @@ def test_the_prefect_server_restarting_mid_remediation_does_not_lose_the_recover
     assert incident.status == j.RESOLVED and incident.outcome == j.AUTO_RESOLVED, (incident.as_dict(), err[-3000:])
     assert worker.returncode == 0, err[-3000:]
     assert json.loads(out)["incident_id"] == incident.id
+
+
+def test_two_alerts_for_one_bot_at_once_restart_it_once(shared_sandbox: Path) -> None:
+    """WebSocket stuck: the watcher's two alerts (crash recovery sees /health unhealthy, the websocket flow
+    sees the socket down) start two remediations at once; the bot lock lets one act, the other finds it fixed."""
+    from datetime import timedelta
+
+    config = shared_sandbox / "runbook.toml"
+    settings = load_settings(config)
+    journal = Journal(settings.journal_url)
+    restarts_before = journal.count_actions("sandbox", "restart", timedelta(hours=1))
+    manager.fault(shared_sandbox, "clear")
+    wait_for(lambda: health_code(settings.bots["sandbox"].health_url) == 200, 60, "a healthy bot")
+    manager.fault(shared_sandbox, "websocket")
+    wait_for(lambda: health_code(settings.bots["sandbox"].health_url) == 503, 30, "the websocket down")
+    env = {"RUNBOOK_INFRA__WEBSOCKET_RECONNECT_WAIT_SECONDS": "3"}
+    runs = [run_flow(config, name, env) for name in ("websocket-disconnected", "crash-recovery")]
+    results = [(run.wait(timeout=300), run.communicate()) for run in runs]
+    manager.fault(shared_sandbox, "clear")
+    outcomes = [json.loads(out) for _, (out, _) in results]
+    assert journal.count_actions("sandbox", "restart", timedelta(hours=1)) - restarts_before == 1, \
+        [(o["alert"], o["outcome"], o["summary"]) for o in outcomes]
+    assert health_code(settings.bots["sandbox"].health_url) == 200
+    assert all(o["status"] == j.RESOLVED for o in outcomes), [(o["alert"], o["summary"]) for o in outcomes]

@@ -93,13 +93,15 @@ class Findings:
             else:
                 detail = network.http.summary() if network.http else verdict
             return NETWORK_DOWN, f"the API host is not reachable from here ({detail})"
-        if verdict == "rate-limited" or self.recent_rate_limits():
-            where = (f"{network.http.rate_limited} of {len(network.http.samples)} API requests answered 429"
-                     if verdict == "rate-limited" and network and network.http else
-                     f"{self.recent_rate_limits()} rate-limit lines in the bot's log since the disconnect")
-            return RATE_LIMITED, f"the exchange is rate-limiting ({where})"
+        if verdict == "rate-limited":
+            return RATE_LIMITED, (f"the exchange is rate-limiting ({network.http.rate_limited} of "
+                                  f"{len(network.http.samples)} API requests answered 429)")
+        # What the exchange answers our own requests now outranks what the bot's log said a while ago.
         if verdict in ("exchange-error", "exchange-slow"):
             return EXCHANGE_DOWN, f"the API host is reachable but the exchange fails ({network.http.summary()})"
+        if self.recent_rate_limits():
+            return RATE_LIMITED, (f"the exchange is rate-limiting ({self.recent_rate_limits()} rate-limit lines in "
+                                  "the bot's log since the disconnect)")
         if verdict == "unknown":
             return NOT_RECONNECTING, f"the network checks could not run ({self.network_error}); assuming the bot"
         return NOT_RECONNECTING, ("DNS, TCP and the API answer normally, yet the bot's websocket is down"

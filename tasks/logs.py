@@ -88,6 +88,13 @@ def tail_bytes(path: Path, lines: int) -> list[bytes]:
     return chunks[-lines:] if lines else []
 
 
+def unreadable(path: Path, error: OSError) -> str:
+    """What to tell a person about a log that cannot be read (a finding, not an exception)."""
+    if isinstance(error, FileNotFoundError):
+        return f"{path} does not exist"
+    return f"cannot read {path}: {error.strerror}"
+
+
 @dataclass
 class LogTail:
     path: str
@@ -105,11 +112,8 @@ def tail_log(path: Path, lines: int = 100) -> LogTail:
     result = LogTail(path=str(path))
     try:
         raw = tail_bytes(path, lines)
-    except FileNotFoundError:
-        result.error = f"{path} does not exist"
-        return result
     except OSError as error:
-        result.error = f"cannot read {path}: {error.strerror}"
+        result.error = unreadable(path, error)
         return result
     result.lines = [parse_line(chunk) for chunk in raw]
     result.malformed = sum(1 for line in result.lines if line.record is None)
@@ -163,10 +167,8 @@ def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int =
                 last.append(message)
                 if len(exact) >= _FOLD_BATCH:
                     fold()
-    except FileNotFoundError:
-        result.error = f"{path} does not exist"
     except OSError as error:
-        result.error = f"cannot read {path}: {error.strerror}"
+        result.error = unreadable(path, error)
     fold()
     result.top_messages = groups.most_common(top)
     result.last_matches = list(last)
@@ -303,11 +305,8 @@ def recent_matches(path: Path, pattern: str, since: datetime, keep_last: int = 1
     needle = re.compile(pattern, re.IGNORECASE)
     try:
         lines, oldest = recent_lines(path, since)
-    except FileNotFoundError:
-        result.error = f"{path} does not exist"
-        return result
     except OSError as error:
-        result.error = f"cannot read {path}: {error.strerror}"
+        result.error = unreadable(path, error)
         return result
     groups: Counter[str] = Counter()
     hits: list[tuple[datetime, str]] = []
@@ -389,11 +388,8 @@ def reconnect_history(path: Path, since: datetime, websocket_pattern: str, recon
     attempt = re.compile(reconnect_pattern, re.IGNORECASE)
     try:
         lines, _ = recent_lines(path, since)
-    except FileNotFoundError:
-        result.error = f"{path} does not exist"
-        return result
     except OSError as error:
-        result.error = f"cannot read {path}: {error.strerror}"
+        result.error = unreadable(path, error)
         return result
     for line in lines:
         message = line.message

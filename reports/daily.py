@@ -99,8 +99,8 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) else float(value)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+def _iso(value: datetime | None, timespec: str = "seconds") -> str | None:
+    return None if value is None else value.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class DailyReport:
         risk = self.risk.metrics
         return {
             "report": "daily-summary", "bot": self.bot, "date": self.day.isoformat(), "timezone": self.tz,
-            "window": {"start": _iso(self.start), "end": _iso(self.end), "data_until": _iso(self.data_until)},
+            "window": {"start": _iso(self.start), "end": _iso(self.end), "data_until": _iso(self.data_until, "milliseconds")},
             "partial": self.partial, "source": self.source, "generated_at": _iso(self.generated_at),
             "start_balance": float(self.start_balance), "pdf": self.pdf_path,
             "day": day,

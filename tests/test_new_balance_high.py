@@ -131,8 +131,9 @@ def test_serve_registers_the_report_schedules_and_the_alert_triggers_the_flow(sa
                 return None
             # Another module's `serve` on this session server may have registered the same deployments with
             # the default schedule: wait for this serve's registration to replace them.
-            if not any(getattr(s.schedule, "timezone", None) == "Europe/Zurich" for s in found["daily-summary"].schedules):
-                return None
+            for name in ("daily-summary", "weekly-alert-analysis"):
+                if not any(getattr(s.schedule, "timezone", None) == "Europe/Zurich" for s in found[name].schedules):
+                    return None
             return found
 
         found = wait("the report deployments", registered, 120)

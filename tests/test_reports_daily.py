@@ -293,7 +293,7 @@ def test_flow_summarises_the_sandbox_day_posts_the_pdf_and_links_it(traded: Path
 
     # the same figures again from the exchange's fills up to the moment the flow read them
     until = datetime.fromisoformat(figures["window"]["data_until"].replace("Z", "+00:00"))
-    fills = [f for f in exchange_fills(traded, until - timedelta(milliseconds=1))
+    fills = [f for f in exchange_fills(traded, until)
              if f["time"] >= int(day_bounds(today)[0].timestamp() * 1000)]
     again = compute_metrics(fills, start_balance=figures["start_balance"])
     assert again.trades >= 1 and figures["day"]["trades"] == again.trades

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,4 +53,22 @@ def sandbox(tmp_path: Path, prefect_server: LocalServer) -> Iterator[Path]:
     try:
         yield directory
     finally:
+        manager.down(directory)
+
+
+@contextmanager
+def running_sandbox(directory: Path) -> Iterator[Path]:
+    """A sandbox for a whole module (starting one costs seconds), stopped afterwards whatever happens.
+
+    Queued Prefect events are sent first, while the session server is still up: left to interpreter
+    exit, they are retried against a stopped server and hold the process for a minute."""
+    from prefect.events.worker import EventsWorker
+
+    from sandbox import manager
+
+    manager.up(directory, startup_seconds=0.5)
+    try:
+        yield directory
+    finally:
+        EventsWorker.drain_all(timeout=30, at_exit=False)
         manager.down(directory)

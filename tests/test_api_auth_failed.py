@@ -34,6 +34,7 @@ from runbook.settings import load_settings
 from sandbox import manager
 from tasks.keys import inspect_key, signed_noop
 from tasks.network import check_tls
+from conftest import running_sandbox
 
 KEY_ENV = "RUNBOOK_TEST_AUTH_KEY"
 
@@ -127,15 +128,8 @@ def assert_never_shown(directory: Path, outcome, *keys) -> None:
 
 @pytest.fixture(scope="module")
 def module_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("auth") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("auth") / "sandbox") as directory:
         yield directory
-    finally:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=30, at_exit=False)
-        manager.down(directory)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from runbook.journal import Journal
 from runbook.settings import load_settings
 from sandbox import manager
 from tasks.probes import _latency_from_text
+from conftest import running_sandbox
 
 
 def config_of(directory: Path) -> Path:
@@ -38,15 +39,8 @@ def run_flow(directory: Path):
 
 @pytest.fixture(scope="module")
 def module_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("latency") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("latency") / "sandbox") as directory:
         yield directory
-    finally:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=30, at_exit=False)
-        manager.down(directory)
 
 
 @pytest.fixture

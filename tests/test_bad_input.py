@@ -27,6 +27,7 @@ from runbook.watcher import LogCursor
 from sandbox import manager
 from tasks.logs import MAX_LINE_CHARS, scan_log, tail_log
 from tasks.probes import probe_health_once, read_metrics_once
+from conftest import running_sandbox
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))
 TEN_MB = 10 * 2**20
@@ -235,12 +236,8 @@ restart = "sometimes"
 
 @pytest.fixture(scope="module")
 def quiet_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server: object) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("bad-input") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("bad-input") / "sandbox") as directory:
         yield directory
-    finally:
-        manager.down(directory)
 
 
 @pytest.mark.parametrize("fault, channel, reason", [

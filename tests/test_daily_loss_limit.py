@@ -26,6 +26,7 @@ from runbook.journal import Journal
 from runbook.settings import load_settings
 from sandbox import manager
 from tasks.process import locate_bot, stop_process
+from conftest import running_sandbox
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))
 
@@ -64,18 +65,6 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
         time.sleep(0.3)
 
 
-def flush_prefect_events() -> None:
-    """Send queued Prefect events while the session server is still up.
-
-    After runs whose tasks failed and retried (the exchange-down test), events are still queued when the
-    module ends; left to the interpreter's exit, they are retried against a server already stopped,
-    which holds the process for over a minute.
-    """
-    from prefect.events.worker import EventsWorker
-
-    EventsWorker.drain_all(timeout=30, at_exit=False)
-
-
 def run_flow(directory: Path, **params):
     from flows.daily_loss_limit import daily_loss_limit
 
@@ -88,13 +77,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def module_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("daily-loss") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("daily-loss") / "sandbox") as directory:
         yield directory
-    finally:
-        flush_prefect_events()
-        manager.down(directory)
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from runbook.settings import load_settings
 from runbook.watcher import Watcher
 from sandbox import manager
 from tasks.process import locate_bot
+from conftest import running_sandbox
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))
 
@@ -148,12 +149,8 @@ log_patterns = {{ "insufficient-balance" = "insufficient balance" }}
 
 @pytest.fixture(scope="module")
 def shared_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server: object) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("faults") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("faults") / "sandbox") as directory:
         yield directory
-    finally:
-        manager.down(directory)
 
 
 def run_flow(config: Path, name: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:

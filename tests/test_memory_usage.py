@@ -30,6 +30,7 @@ from runbook.settings import load_settings
 from sandbox import manager
 from tasks.process import locate_bot
 from tasks.system import RssTrend
+from conftest import running_sandbox
 
 ALERT_MB = 80  # watch.bot_memory_limit_mb: the alert's condition (the idle bot holds ~60 MB)
 RESTART_MB = 300  # infra.memory_restart_bot_mb: the restart threshold
@@ -67,15 +68,8 @@ def run_flow(directory: Path):
 
 @pytest.fixture(scope="module")
 def module_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("memory") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("memory") / "sandbox") as directory:
         yield directory
-    finally:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=30, at_exit=False)
-        manager.down(directory)
 
 
 @pytest.fixture

@@ -21,22 +21,15 @@ import pytest
 from runbook import journal as j
 from runbook.journal import Journal
 from runbook.settings import load_settings
-from sandbox import manager
+from conftest import running_sandbox
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))
 
 
 @pytest.fixture(scope="module")
 def sandbox_dir(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("balance-high") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("balance-high") / "sandbox") as directory:
         yield directory
-    finally:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=30, at_exit=False)
-        manager.down(directory)
 
 
 def config_of(directory: Path) -> Path:

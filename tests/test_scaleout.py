@@ -32,6 +32,7 @@ from runbook.localpostgres import LocalPostgres, PostgresError, start_postgres
 from runbook.localserver import LocalServer, start_server
 from runbook.settings import load_settings
 from sandbox import manager
+from conftest import running_sandbox
 
 BIN = Path(sys.executable).parent
 POOL = "runbook-scaleout"
@@ -76,12 +77,8 @@ def pg_prefect(postgres: LocalPostgres, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def fleet_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The sandbox: one bot host with its bot, exchange and Slack."""
-    directory = tmp_path_factory.mktemp("scaleout") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("scaleout") / "sandbox") as directory:
         yield directory
-    finally:
-        manager.down(directory)
 
 
 def client_env(server: LocalServer) -> dict[str, str]:

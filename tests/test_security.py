@@ -23,6 +23,7 @@ import pytest
 
 from runbook.settings import BotSettings
 from tasks.process import ProcessError, locate_bot, stop_process
+from conftest import running_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("runbook", "flows", "tasks", "reports", "deployments", "sandbox", "bench")
@@ -133,14 +134,9 @@ def test_a_recycled_pid_is_never_signalled(tmp_path: Path, decoys: list) -> None
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory, prefect_server: object) -> Iterator[Path]:
     """A sandbox whose bot keeps its agent key in its folder (config/agent_key.json), as real bots do."""
-    from sandbox import manager
 
-    directory = tmp_path_factory.mktemp("secrets") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("secrets") / "sandbox") as directory:
         yield directory
-    finally:
-        manager.down(directory)
 
 
 def secrets_of(directory: Path) -> dict[str, str]:

@@ -24,9 +24,9 @@ from runbook import journal as j
 from runbook.cli import app
 from runbook.journal import Journal
 from runbook.settings import load_settings
-from sandbox import manager
 from tasks.evidence import read_manifest
 from tasks.process import locate_bot
+from conftest import running_sandbox
 
 
 def config_of(directory: Path) -> Path:
@@ -103,15 +103,8 @@ def start_in_thread(directory: Path, **params) -> tuple[threading.Thread, dict]:
 
 @pytest.fixture(scope="module")
 def module_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("security-breach") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("security-breach") / "sandbox") as directory:
         yield directory
-    finally:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=30, at_exit=False)
-        manager.down(directory)
 
 
 @pytest.fixture

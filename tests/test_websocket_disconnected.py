@@ -26,6 +26,7 @@ from runbook.journal import Journal
 from runbook.settings import load_settings
 from sandbox import manager
 from tasks.process import locate_bot
+from conftest import running_sandbox
 
 
 def config_of(directory: Path) -> Path:
@@ -73,15 +74,8 @@ def run_flow(directory: Path, wait_seconds: float):
 
 @pytest.fixture(scope="module")
 def module_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[Path]:
-    directory = tmp_path_factory.mktemp("websocket") / "sandbox"
-    manager.up(directory, startup_seconds=0.5)
-    try:
+    with running_sandbox(tmp_path_factory.mktemp("websocket") / "sandbox") as directory:
         yield directory
-    finally:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=30, at_exit=False)
-        manager.down(directory)
 
 
 @pytest.fixture

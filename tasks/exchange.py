@@ -250,7 +250,7 @@ def schedule_cancel(bot: BotSettings, seconds: float | None) -> DeadMansSwitch:
     if isinstance(response, dict) and response.get("status") == "ok":
         return DeadMansSwitch(True, at, "armed" if at else "disarmed")
     refusal = response.get("response") if isinstance(response, dict) else response
-    return DeadMansSwitch(False, None, f"the exchange refused it: {refusal}")
+    return DeadMansSwitch(False, None, f"the exchange refused it: {str(refusal).rstrip('.')}")
 
 
 @task(name="arm the dead man's switch", cache_policy=NO_CACHE_POLICY, retries=2, retry_delay_seconds=[0.5, 2],

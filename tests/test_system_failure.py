@@ -203,6 +203,15 @@ def resume(run_id, answer: dict) -> None:
             time.sleep(0.3)
 
 
+def run_until_paused(directory: Path) -> tuple[threading.Thread, dict, object]:
+    """The flow in a thread, and its run once it paused for an answer (None if it never did)."""
+    started = time.time()
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("outcome", run_flow(directory)))
+    worker.start()
+    return worker, result, wait_paused("system-failure", started - 1)
+
+
 @pytest.fixture(scope="module")
 def module_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator[Path]:
     with running_sandbox(tmp_path_factory.mktemp("system-failure") / "sandbox") as directory:
@@ -231,13 +240,9 @@ def test_several_matching_processes_orders_cancelled_at_once_nothing_stopped_wit
     set_up_book(shared)
     add_stops(shared)
     home = str(shared / "bot")
-    decoy, bystander = spawn("sandbox.bot", "--home", home), spawn("sandbox.bot", "--home", home + "-other")
+    decoy, bystander = spawn("sandbox.bot", "--home", home), spawn("sandbox.bot", "--home", str(shared / "elsewhere"))
     try:
-        started = time.time()
-        result: dict = {}
-        worker = threading.Thread(target=lambda: result.setdefault("outcome", run_flow(shared)))
-        worker.start()
-        paused = wait_paused("system-failure", started - 1)
+        worker, result, paused = run_until_paused(shared)
         assert paused is not None, "the run never paused to ask before stopping two processes"
         # Before anyone answered: the exchange side is done whatever the process lookup said.
         assert plain_orders(shared) == [] and stops(shared) == {"ETH": 1, "BTC": 1}
@@ -262,7 +267,7 @@ def test_several_matching_processes_orders_cancelled_at_once_nothing_stopped_wit
     report = Path(outcome.report_path).read_text()
     for pid in (real.pid, decoy.pid):
         assert f"| {pid} |" in report
-    assert f"| {bystander.pid} |" not in report and home + "-other" not in report
+    assert f"| {bystander.pid} |" not in report and "elsewhere" not in report
     assert "dead man's switch NOT armed: the exchange refused it" in report
     # Not stopped, so not liquidated: every position is open and still protected, and the report says so.
     assert set(positions(shared)) == {"ETH", "BTC"} and stops(shared) == {"ETH": 1, "BTC": 1}
@@ -289,7 +294,7 @@ def test_several_matching_processes_stopped_with_yes_and_never_a_bystander(share
     manager.fault(shared, "low-balance")
     add_stops(shared)
     home = str(shared / "bot")
-    decoy, bystander = spawn("sandbox.bot", "--home", home), spawn("sandbox.bot", "--home", home + "-other")
+    decoy, bystander = spawn("sandbox.bot", "--home", home), spawn("sandbox.bot", "--home", str(shared / "elsewhere"))
     try:
         result = CliRunner().invoke(app, ["run", "system-failure", "--yes", "--config", str(without_pidfile(shared))])
         assert result.exit_code == 1, result.output
@@ -315,11 +320,7 @@ def test_liquidation_waits_with_every_stop_in_place_then_closes_only_the_approve
     add_stops(shared)
     before = positions(shared)
 
-    started = time.time()
-    result: dict = {}
-    worker = threading.Thread(target=lambda: result.setdefault("outcome", run_flow(shared)))
-    worker.start()
-    paused = wait_paused("system-failure", started - 1)
+    worker, result, paused = run_until_paused(shared)
     assert paused is not None, "the run never paused for the liquidation approval"
     # While the liquidation waits: plain orders gone, every reduce-only stop still on the book.
     assert plain_orders(shared) == [] and stops(shared) == {"ETH": 1, "BTC": 1}
@@ -356,11 +357,7 @@ def test_rejected_liquidation_closes_nothing_and_keeps_every_stop(shared: Path) 
     set_up_book(shared)
     add_stops(shared)
     before = positions(shared)
-    started = time.time()
-    result: dict = {}
-    worker = threading.Thread(target=lambda: result.setdefault("outcome", run_flow(shared)))
-    worker.start()
-    paused = wait_paused("system-failure", started - 1)
+    worker, result, paused = run_until_paused(shared)
     assert paused is not None
     resume(paused.id, {"approve": False, "note": "desk will hedge by hand"})
     worker.join(timeout=120)

@@ -250,21 +250,23 @@ def _stop_bot(run: IncidentRun, assume_yes: bool) -> tuple[bool, str]:
     except ProcessError as error:
         run.act("stop", f"not stopped: {error}", ok=False)
         return False, f"NOT stopped ({error})"
-    if process is None:
+    if process is None and not run.bot.supervised:
         run.act("stop", "no bot process was running")
         return True, "no bot process was running"
-    decision = authorize(policy.kill, f"stop the trading bot (PID {process.pid})", policy.approval_timeout_seconds,
-                         assume_yes)
+    pid = process.pid if process else None
+    # A supervised bot is stopped through its supervisor even when it is down right now (it could be restarting).
+    what = f"stop the trading bot (PID {pid})" if process else "keep the trading bot stopped at its supervisor"
+    decision = authorize(policy.kill, what, policy.approval_timeout_seconds, assume_yes)
     if not decision.allowed:
-        run.act("stop", f"bot not stopped: {decision.how}", ok=False, dry_run=decision.dry_run, detail={"pid": process.pid})
+        run.act("stop", f"bot not stopped: {decision.how}", ok=False, dry_run=decision.dry_run, detail={"pid": pid})
         return False, f"NOT stopped ({decision.how})"
     started = time.monotonic()
     try:
         text = stop_bot(process, run.bot, run.settings.emergency.stop_timeout_seconds)
     except ProcessError as error:
-        run.act("stop", f"stop failed: {error}", ok=False, detail={"pid": process.pid})
+        run.act("stop", f"stop failed: {error}", ok=False, detail={"pid": pid})
         return False, f"NOT stopped ({error})"
-    run.act("stop", f"{text} in {time.monotonic() - started:.2f}s ({decision.how})", detail={"pid": process.pid})
+    run.act("stop", f"{text} in {time.monotonic() - started:.2f}s ({decision.how})", detail={"pid": pid})
     return True, f"stopped ({text})"
 
 

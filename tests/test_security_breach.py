@@ -155,8 +155,11 @@ def test_forensics_stop_and_evidence_then_rejected_zeroize_keeps_the_key(shared:
     assert outcome.status == j.ESCALATED and outcome.details["archive"] == str(archive), outcome.summary
     incident = journal_of(shared).get(outcome.incident_id)
     steps = [(a.step, a.ok) for a in incident.actions]
-    assert steps == [("stop", True), ("backup", True), ("zeroize", False)]
+    assert steps == [("stop", True), ("backup", True), ("zeroize", False), ("key-at-exchange", False)]
     assert "rejected by a person (investigating first)" in incident.actions[2].description
+    # The bot's agent key is still approved at the exchange: that leads the summary (no re-checks in this test).
+    assert outcome.summary.startswith("Key still valid at the exchange: revoke it ("
+                                      + json.loads(key_before)["address"]), outcome.summary
     report = Path(outcome.report_path).read_text()
     for section in ("Forensic timeline", "Bot network connections", "Isolate the system", "never takes a network "
                     "interface down by itself", "sudo ip link set", "Credential rotation checklist",

@@ -375,10 +375,19 @@ def test_rejected_liquidation_closes_nothing_and_keeps_every_stop(shared: Path) 
 def test_dry_run_policy_only_says_what_it_would_close(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOK_POLICY__LIQUIDATE", "dry-run")
     set_up_book(shared)
+    # This account has traded enough for the exchange's dead man's switch: it is armed, then disarmed once no
+    # bot process runs (the protective orders kept for the open positions must outlive it).
+    control(shared, "accounts", {"address": account(shared), "cum_vlm": "2000000"})
     before = positions(shared)
     outcome = run_flow(shared, assume_yes=True)  # --yes never overrides dry-run
     assert positions(shared) == before
     incident = journal_of(shared).get(outcome.incident_id)
+    switch = [(a.ok, a.description) for a in incident.actions if a.step == "dead-mans-switch"]
+    assert len(switch) == 2 and switch[0][0] and "dead man's switch ARMED" in switch[0][1]
+    assert switch[1] == (True, "disarmed once every bot process was verified stopped, so the kept protective "
+                               "orders stay on the book")
+    state = httpx.get(f"{exchange_url(shared)}/_sandbox/state", timeout=5).json()
+    assert state["accounts"][account(shared)]["scheduled_cancel"] is None
     [action] = [a for a in incident.actions if a.step == "liquidate"]
     assert action.dry_run and not action.ok and "dry-run: would close" in action.description
     assert "long 0.05 ETH" in action.description and "short 0.001 BTC" in action.description

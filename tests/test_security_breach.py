@@ -249,12 +249,15 @@ def test_key_still_valid_at_the_exchange_leads_until_it_is_revoked(shared: Path,
     result: dict = {}
     worker = threading.Thread(target=lambda: result.setdefault("outcome", security_breach(config=str(config))))
     worker.start()
-    lead = "Key still valid at the exchange: revoke it"
+    lead = f"Key still valid at the exchange: revoke it ({agent.address.lower()}"
+
+    def said() -> list[str]:  # this run's messages (the module's earlier runs posted to the same sandbox)
+        return [m["text"] for m in slack_messages(shared) if lead in (m.get("text") or "")]
+
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not any(lead in (m.get("text") or "") for m in slack_messages(shared)):
+    while time.monotonic() < deadline and not said():
         time.sleep(0.3)
-    said = [m["text"] for m in slack_messages(shared) if lead in (m.get("text") or "")]
-    assert said and agent.address.lower() in said[0] and "under the same name 'bot'" in said[0]
+    assert said() and "under the same name 'bot'" in said()[0]
     assert worker.is_alive(), "the flow should still be re-checking"
     revoked_at = datetime.now(UTC)
     answer, _ = Exchange(master, exchange_url, timeout=10).approve_agent("bot")  # the replacement drops the old one
@@ -271,6 +274,6 @@ def test_key_still_valid_at_the_exchange_leads_until_it_is_revoked(shared: Path,
     assert revoked_at - timedelta(seconds=1) <= seen <= revoked_at + timedelta(seconds=15)
     texts = [m.get("text") or "" for m in slack_messages(shared)]
     assert any("Key revoked at the exchange" in t for t in texts)
-    assert max(i for i, t in enumerate(texts) if lead in t) < max(i for i, t in enumerate(texts) if "Key revoked" in t)
+    assert min(i for i, t in enumerate(texts) if lead in t) < min(i for i, t in enumerate(texts) if "Key revoked" in t)
     report = Path(outcome.report_path).read_text()
     assert "Key revoked at the exchange" in report

@@ -46,7 +46,8 @@ class LogLine:
     record: dict[str, Any] | None
     fmt: LogFormat = field(default_factory=LogFormat, repr=False)
 
-    def _field(self, name: str) -> str | None:
+    def value_of(self, name: str) -> str | None:
+        """The line's timestamp, level or message as the format reads it (None when absent)."""
         if self.record is None:
             return None
         value = self.record.get(name) if self.fmt.format == "text" else dig(self.record, getattr(self.fmt, f"{name}_field"))
@@ -54,16 +55,16 @@ class LogLine:
 
     @property
     def message(self) -> str:
-        value = self._field("message")
+        value = self.value_of("message")
         return _clip(value) if value is not None else self.raw  # a 10 MB message must not reach a report either
 
     @property
     def level(self) -> str | None:
-        return self._field("level")
+        return self.value_of("level")
 
     @property
     def timestamp(self) -> str | None:
-        return self._field("timestamp")
+        return self.value_of("timestamp")
 
     @property
     def when(self) -> datetime | None:

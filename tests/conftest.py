@@ -57,7 +57,7 @@ def sandbox(tmp_path: Path, prefect_server: LocalServer) -> Iterator[Path]:
 
 
 @contextmanager
-def running_sandbox(directory: Path) -> Iterator[Path]:
+def running_sandbox(directory: Path, shape: str = "default") -> Iterator[Path]:
     """A sandbox for a whole module (starting one costs seconds), stopped afterwards whatever happens.
 
     Queued Prefect events are sent first, while the session server is still up: left to interpreter
@@ -66,7 +66,7 @@ def running_sandbox(directory: Path) -> Iterator[Path]:
 
     from sandbox import manager
 
-    manager.up(directory, startup_seconds=0.5)
+    manager.up(directory, startup_seconds=0.5, shape=shape)
     try:
         yield directory
     finally:

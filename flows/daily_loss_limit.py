@@ -223,7 +223,7 @@ def look(run: IncidentRun) -> Look:
     config = read_bot_config.submit(bot.path(bot.config_file))
     state = get_account_state.submit(account)
     fills = get_fills.submit(account, start_of_day())
-    strategy = scan_log.submit(bot.path(bot.log_file), "strategy", keep_last=STRATEGY_LOG_LINES)
+    strategy = scan_log.submit(bot.path(bot.log_file), "strategy", keep_last=STRATEGY_LOG_LINES, fmt=bot.logs)
     found = {name: settle(future) for name, future in
              (("process", process), ("health", health), ("config", config), ("account", state), ("fills", fills),
               ("strategy", strategy))}

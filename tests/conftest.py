@@ -32,7 +32,8 @@ for _key in ("PREFECT_API_URL", "PREFECT_UI_URL"):
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[LocalServer]:
-    server = start_server(_SERVER_HOME, port=_SERVER_PORT, exact_port=True)
+    # Generous: on a loaded machine the server takes minutes to answer its first health check.
+    server = start_server(_SERVER_HOME, port=_SERVER_PORT, exact_port=True, timeout_seconds=240)
     try:
         yield server
     finally:

@@ -91,7 +91,7 @@ def alt_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Ite
 @pytest.fixture
 def alt(alt_sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The module's alt sandbox, short windows, and put back as it was after the test."""
-    for key, value in {"RECOVERY__VERIFY_TIMEOUT_SECONDS": "20", "RECOVERY__STOP_TIMEOUT_SECONDS": "2",
+    for key, value in {"RECOVERY__VERIFY_TIMEOUT_SECONDS": "60", "RECOVERY__STOP_TIMEOUT_SECONDS": "2",
                        "INFRA__NETWORK_SAMPLES": "2", "INFRA__NETWORK_TIMEOUT_SECONDS": "2"}.items():
         monkeypatch.setenv(f"RUNBOOK_{key}", value)
     wait_for(lambda: field(alt_sandbox, "status") in ("green", "amber"), 30, "a healthy alt bot before the test")

@@ -214,7 +214,15 @@ def test_stop_loss_exit_is_judged_with_the_alt_config_keys_and_log_words(alt: Pa
     report = Path(outcome.report_path).read_text()
     assert "Stop-loss exit: " in report and "Stop level | as configured" in report
     assert "| stop_pct | 2.0 |" in report  # the risk section under its alt name
-    assert "cause stop -> drawdown" in report  # the log's exit line, matched by the configured pattern
+    # The bot's exit line, in the alt words, is read as a stop-loss loss by the flow's own log step.
+    from datetime import UTC, datetime, timedelta
+
+    from flows.stop_loss_review import read_trade_exits
+
+    bot = bot_settings(alt)
+    exits = read_trade_exits.fn(bot.path(bot.log_file), datetime.now(UTC) - timedelta(hours=1), bot.markers, bot.logs)
+    assert any(e.reason == "stop_loss" and e.result == "LOSS" and "cause stop -> drawdown" in e.message
+               for e in exits.exits), exits
     assert outcome.status == j.RESOLVED and outcome.outcome == j.AUTO_RESOLVED, outcome.summary
 
 

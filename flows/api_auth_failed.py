@@ -119,7 +119,7 @@ def check(run: IncidentRun) -> Findings:
     noop = signed_noop.submit(bot)
     health = check_health.submit(bot)
     since = datetime.now(UTC) - timedelta(minutes=infra.recent_log_minutes)
-    lines = recent_matches.submit(bot.path(bot.error_log_file), infra.auth_pattern, since)
+    lines = recent_matches.submit(bot.path(bot.error_log_file), bot.markers.auth, since, fmt=bot.logs)
     try:
         network, network_error = check_network(bot.hyperliquid.api_url, infra.network_samples,
                                                infra.network_timeout_seconds), None
@@ -179,7 +179,7 @@ def broken(run: IncidentRun, seen: Findings) -> list[tuple[str, list[str]]]:
             found.append((f"network: {noop.summary()}", [
                 "fix the network/proxy between the bot host and the API (see the network checks)"]))
     bot_says = dig(seen.health.body or {}, run.bot.fields.api_auth)
-    if bot_says == "fail" and not found:
+    if isinstance(bot_says, str) and bot_says in run.bot.fields.api_auth_failing and not found:
         found.append(("the bot reports auth failing although the configured key works", [
             "the bot may be using another key than the one configured here: compare, then restart the bot"]))
     return found

@@ -68,7 +68,7 @@ def measure(run: IncidentRun) -> Findings:
     budget are taken meanwhile (and the log read over that same window)."""
     bot, infra = run.bot, run.settings.infra
     start, started = datetime.now(UTC), time.monotonic()
-    before = read_latency(bot, infra.latency_metric)
+    before = read_latency(bot)
     budget = probe_rate_limit.submit(bot.hyperliquid)
     try:
         network, network_error = check_network(bot.hyperliquid.api_url, infra.network_samples,
@@ -79,9 +79,9 @@ def measure(run: IncidentRun) -> Findings:
     if remaining > 0:
         time.sleep(remaining)
     log = bot.path(bot.log_file)
-    calls = recent_matches.submit(log, infra.api_call_pattern, start)
-    limits = recent_matches.submit(log, infra.rate_limit_pattern, start)
-    after = read_latency(bot, infra.latency_metric)
+    calls = recent_matches.submit(log, bot.markers.api_call, start, fmt=bot.logs)
+    limits = recent_matches.submit(log, bot.markers.rate_limit, start, fmt=bot.logs)
+    after = read_latency(bot)
     (b, berr), (c, _), (lim, _) = (settle(x) for x in (budget, calls, limits))
     return Findings(after.minus(before), after, time.monotonic() - started, network, network_error, c, lim, b, berr)
 
@@ -95,7 +95,7 @@ def record(run: IncidentRun, seen: Findings) -> None:
     if window.error:
         run.add_evidence("Bot request latency", f"could not read {window.url}: {window.error}")
     elif window.kind == "absent":
-        run.add_evidence("Bot request latency", f"no histogram or summary named {window.metric}* at {window.url}")
+        run.add_evidence("Bot request latency", f"no histogram or summary named {window.metric} at {window.url}")
     else:
         run.add_evidence(f"Bot request latency ({window.family}, {window.kind})", table(
             ["", f"last {seen.window_seconds:.0f} s", "since the bot started"],

@@ -57,8 +57,8 @@ def diagnose(bot: BotSettings) -> Diagnosis:
 def capture_evidence(run: IncidentRun) -> None:
     """Investigation, done before the restart so the evidence is of the failure, not the recovery."""
     bot, lines = run.bot, run.settings.recovery.evidence_log_lines
-    recent = tail_log.submit(bot.path(bot.log_file), lines)
-    errors = scan_log.submit(bot.path(bot.error_log_file), "error")
+    recent = tail_log.submit(bot.path(bot.log_file), lines, bot.logs)
+    errors = scan_log.submit(bot.path(bot.error_log_file), "error", fmt=bot.logs)
     system = check_system.submit(bot.working_dir)
 
     tail = recent.result()

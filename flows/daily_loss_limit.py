@@ -28,7 +28,7 @@ from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
 from runbook.markdown import table, usd
 from runbook.policy import authorize
-from runbook.settings import ConfigError
+from runbook.settings import BotConfigKeys, ConfigError
 from tasks import NO_CACHE_POLICY
 from tasks.botconfig import (
     BotConfig, BotConfigError, ConfigChange, apply_config_change, propose_change, read_bot_config,
@@ -36,7 +36,7 @@ from tasks.botconfig import (
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.logs import PatternScan, scan_log
 from tasks.futures import settle
-from tasks.probes import HealthReport, breaker_state, check_health, dig, health_field, number
+from tasks.probes import HealthReport, breaker_state, check_health, dig, number
 from tasks.process import BotProcess, ProcessError, check_process, stop_bot
 
 ALERT = "daily-loss-limit"
@@ -167,8 +167,8 @@ def positions_table(account: AccountState) -> str:
                                   "leverage", "margin (USD)"], rows)
 
 
-def risk_table(config: BotConfig) -> str:
-    return table(["section", "key", "value"], [[s, k, v] for s, k, v in config.risk_parameters()])
+def risk_table(config: BotConfig, keys: BotConfigKeys) -> str:
+    return table(["section", "key", "value"], [[s, k, v] for s, k, v in config.risk_parameters(keys)])
 
 
 # --- the flow ----------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ def look(run: IncidentRun) -> Look:
     config = read_bot_config.submit(bot.path(bot.config_file))
     state = get_account_state.submit(account)
     fills = get_fills.submit(account, start_of_day())
-    strategy = scan_log.submit(bot.path(bot.log_file), "strategy", keep_last=STRATEGY_LOG_LINES)
+    strategy = scan_log.submit(bot.path(bot.log_file), "strategy", keep_last=STRATEGY_LOG_LINES, fmt=bot.logs)
     found = {name: settle(future) for name, future in
              (("process", process), ("health", health), ("config", config), ("account", state), ("fills", fills),
               ("strategy", strategy))}
@@ -243,9 +243,10 @@ def _respond(run: IncidentRun, factor: float, reset: bool) -> Outcome:
     fields = run.bot.fields
     health = seen.health
     tripped, reason = breaker_state(health, fields)
-    bot_daily = number(dig(health.body or {}, health_field(fields, "daily_pnl", "metrics.daily_pnl")))
-    limit = seen.config.number("risk_limits", "daily_loss_limit_usd") if seen.config else None
-    strategy = str(seen.config.get("strategy", "name", "unknown")) if seen.config else "unknown"
+    bot_daily = number(dig(health.body or {}, fields.daily_pnl))
+    keys = run.bot.config_keys
+    limit = seen.config.number(keys.daily_loss_limit_usd) if seen.config else None
+    strategy = str(seen.config.get(keys.strategy_name, "unknown")) if seen.config else "unknown"
 
     analysis: LossAnalysis | None = None
     if seen.fills is not None:
@@ -328,7 +329,7 @@ def _add_loss_evidence(run: IncidentRun, seen: Look, analysis: LossAnalysis | No
         body = scan.error or ("```\n" + "\n".join(scan.last_matches) + "\n```" if scan.last_matches else "_none_")
         run.add_evidence(f"Strategy log (last {STRATEGY_LOG_LINES} lines)", body)
     if seen.config is not None:
-        run.add_evidence("Risk parameters (config.json)", risk_table(seen.config))
+        run.add_evidence("Risk parameters (config.json)", risk_table(seen.config, run.bot.config_keys))
     else:
         run.add_evidence("Risk parameters", f"**Could not read the bot's config:** {seen.config_error}")
 
@@ -380,13 +381,14 @@ def _recover(run: IncidentRun, config: BotConfig | None, config_error: str | Non
     """The runbook's recovery steps as a config change; returns one phrase for the summary."""
     if config is None:
         return f"none proposed: the bot's config could not be read ({config_error})"
-    change = propose_change(config, factor, reset)
+    keys = run.bot.config_keys
+    change = propose_change(config, factor, reset, keys=keys)
     if change.empty:
         run.note("no config change requested (reduce_size_factor=1, reset_daily_counter=False)")
         return "none requested"
     run.add_evidence("Proposed config change", f"`{config.path}`\n\n```\n{change.diff()}\n```\n\n"
                      "Daily counter: the bot counts daily P&L from its process start, so the reset takes effect "
-                     "when a person restarts it; `risk_limits.daily_loss_reset_at` records the decision.")
+                     "when a person restarts it; `" + keys.daily_loss_reset_at + "` records the decision.")
     what = f"change the bot's config {config.path} (the old file kept as a timestamped backup): {change.summary()}"
     policy = run.settings.policy
     decision = authorize(policy.config_change, what, policy.approval_timeout_seconds)

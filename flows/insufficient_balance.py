@@ -29,10 +29,11 @@ from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table, usd
 from tasks import NO_CACHE_POLICY
-from tasks.botconfig import BotConfig, read_bot_config
+from runbook.settings import BotConfigKeys
+from tasks.botconfig import DEFAULT_KEYS, BotConfig, read_bot_config
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.futures import settle
-from tasks.probes import HealthReport, breaker_state, check_health, dig, health_field, number
+from tasks.probes import HealthReport, breaker_state, check_health, dig, number
 
 ALERT = "insufficient-balance"
 MIN_ORDER_USD = 10.0  # Hyperliquid refuses orders below 10 USD of value
@@ -97,15 +98,16 @@ class Sizing:
         return max(1, math.ceil(self.max_positions * self.base_size * (1 + self.margin_buffer) / balance - 1e-9))
 
 
-def sizing_from(config: BotConfig, margin_buffer: float, watch_min_balance: float | None) -> Sizing:
-    base = config.number("position_sizing", "base_size_usd")
-    positions = config.number("position_sizing", "max_positions")
+def sizing_from(config: BotConfig, margin_buffer: float, watch_min_balance: float | None,
+                keys: BotConfigKeys = DEFAULT_KEYS) -> Sizing:
+    base = config.number(keys.base_size_usd)
+    positions = config.number(keys.max_positions)
     if base is None or base <= 0 or positions is None or positions < 1:
-        raise ValueError(f"{config.path}: position_sizing.base_size_usd and max_positions must be positive numbers")
-    leverage = config.number("risk_management", "leverage")
+        raise ValueError(f"{config.path}: {keys.base_size_usd} and {keys.max_positions} must be positive numbers")
+    leverage = config.number(keys.leverage)
     return Sizing(base, int(positions), leverage if leverage and leverage > 0 else 1.0,
                   bool(leverage and leverage > 0), margin_buffer,
-                  config.number("risk_limits", "min_balance_usd"), watch_min_balance)
+                  config.number(keys.min_balance_usd), watch_min_balance)
 
 
 def recommend(balance: float, sizing: Sizing, margin_usage: float | None = None) -> list[str]:
@@ -207,7 +209,7 @@ def _respond(run: IncidentRun, margin_buffer: float) -> Outcome:
     body = seen.health.body or {}
     tripped, reason = breaker_state(seen.health, fields)
     health_balance = number(dig(body, fields.account_balance))
-    health_withdrawable = number(dig(body, health_field(fields, "withdrawable", "metrics.withdrawable")))
+    health_withdrawable = number(dig(body, fields.withdrawable))
     account = seen.account
     balance = float(account.account_value) if account else health_balance
     source = "exchange" if account else "bot's /health (the exchange could not be read)"
@@ -259,7 +261,7 @@ def _respond(run: IncidentRun, margin_buffer: float) -> Outcome:
     sizing_error = seen.config_error
     if seen.config is not None:
         try:
-            sizing = sizing_from(seen.config, margin_buffer, run.settings.watch.min_balance_usd)
+            sizing = sizing_from(seen.config, margin_buffer, run.settings.watch.min_balance_usd, run.bot.config_keys)
         except ValueError as error:
             sizing_error = str(error)
     advice: list[str] = []

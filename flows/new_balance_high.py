@@ -28,7 +28,9 @@ from reports.trades import TradeMetrics, compute_metrics
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table, usd
-from tasks.botconfig import RISK_SECTIONS, BotConfig, backup_bot_config, read_bot_config
+from runbook.paths import dig
+from runbook.settings import BotConfigKeys
+from tasks.botconfig import DEFAULT_KEYS, BotConfig, backup_bot_config, read_bot_config
 from tasks.futures import settle
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.probes import HealthReport, check_health, dig, number
@@ -64,17 +66,19 @@ def look(run: IncidentRun) -> Look:
     return Look(h, a, ae, c, ce)
 
 
-def strategy_settings(config: BotConfig) -> dict[str, Any]:
+def strategy_settings(config: BotConfig, keys: BotConfigKeys = DEFAULT_KEYS) -> dict[str, Any]:
     """The sections of config.json that decide how the bot trades (what produced the high)."""
-    return {section: config.data[section] for section in RISK_SECTIONS if isinstance(config.data.get(section), dict)}
+    return {section: dig(config.data, section) for section in keys.sections
+            if isinstance(dig(config.data, section), dict)}
 
 
-def scaling_advice(metrics: TradeMetrics | None, config: BotConfig | None) -> tuple[bool, str]:
+def scaling_advice(metrics: TradeMetrics | None, config: BotConfig | None,
+                   keys: BotConfigKeys = DEFAULT_KEYS) -> tuple[bool, str]:
     """Whether the numbers since the previous high support scaling up, and why (pure; tests recompute it)."""
     if metrics is None:
         return False, "Do not scale up yet: the trades since the previous high could not be read."
     limit = SCALE_MAX_DRAWDOWN
-    bot_limit = config.number("risk_limits", "max_drawdown_pct") if config else None
+    bot_limit = config.number(keys.max_drawdown_pct) if config else None
     if bot_limit:
         limit = min(limit, bot_limit / 100 / 2)
     missing = []
@@ -150,13 +154,14 @@ def new_balance_high(bot: str | None = None, config: str | None = None, incident
                          ]))
     else:
         run.note(f"trades since {j._iso(since)} not read: {fills_error}")
-    strategy = strategy_settings(seen.config) if seen.config else {}
+    keys = run.bot.config_keys
+    strategy = strategy_settings(seen.config, keys) if seen.config else {}
     if seen.config:
         run.add_evidence("Strategy settings that produced it", table(
-            ["section", "key", "value"], [[s, k, v] for s, k, v in seen.config.risk_parameters()]))
+            ["section", "key", "value"], [[s, k, v] for s, k, v in seen.config.risk_parameters(keys)]))
     else:
         run.note(f"the bot's config could not be read: {seen.config_error}")
-    scale, advice = scaling_advice(metrics, seen.config)
+    scale, advice = scaling_advice(metrics, seen.config, keys)
     run.add_evidence("Consider scaling up", advice)
 
     # Backup configuration.
@@ -178,7 +183,7 @@ def new_balance_high(bot: str | None = None, config: str | None = None, incident
     run.act("record-high", f"new high {usd(balance)} USD recorded in the journal")
     gain = f", +{usd(balance - previous.amount)} USD over the previous high of {j._iso(previous.at)}" if previous \
         else " (the first one recorded)"
-    name = strategy.get("strategy", {}).get("name") if isinstance(strategy.get("strategy"), dict) else None
+    name = seen.config.get(keys.strategy_name) if seen.config else None
     return run.resolve(j.AUTO_RESOLVED, f"🎉 New all-time balance high: {usd(balance)} USD ({source}){gain}. "
                        + (f"Strategy {name!r}; " if name else "")
                        + (f"{metrics.trades} trades since, win rate {metrics.win_rate:.0%}. " if metrics and

@@ -33,7 +33,7 @@ from reports.trades import closed_trades
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table
-from runbook.settings import BotSettings, HyperliquidAccount
+from runbook.settings import BotSettings, HealthFields, HyperliquidAccount, LogFormat, Markers
 from tasks import NO_CACHE_POLICY
 from tasks.hyperliquid import (
     _TASK_OPTIONS as EXCHANGE_TASK_OPTIONS,  # the same retry policy as every other exchange read
@@ -54,8 +54,6 @@ from tasks.logs import parse_line, scan_log
 from tasks.probes import HealthReport, check_health, dig
 
 ALERT = "stop-loss-review"
-STOP_LOSS_PCT_KEY = "risk_management.stop_loss_pct"  # percent, in the bot's config.json
-TRAILING_KEY = "risk_management.trailing_stop"
 CANDLE_MINUTES = 30
 # A stop trigger within this distance of the configured stop level is "as configured" (price rounding).
 LEVEL_MATCH_PCT = 0.1
@@ -66,10 +64,8 @@ UNPROTECTED_GRACE_SECONDS = 3.0
 LOG_MATCH_BEFORE = timedelta(seconds=2)
 LOG_MATCH_AFTER = timedelta(seconds=60)
 
-_EXIT_RE = re.compile(
-    r"TRADE EXIT (?P<coin>\S+) (?P<side>long|short) size=(?P<size>\S+) entry=(?P<entry>\S+) "
-    r"exit=(?P<exit>\S+) pnl=(?P<pnl>\S+) reason=(?P<reason>\S+) (?P<result>WIN|LOSS)"
-)
+_DEFAULT_MARKERS = Markers()
+_DEFAULT_FORMAT = LogFormat()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,39 +152,35 @@ def read_bot_config(bot: BotSettings) -> BotConfigRead:
     return result
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def parse_exit(message: str, at: datetime | None) -> LogExit | None:
-    match = _EXIT_RE.search(message)
+def parse_exit(message: str, at: datetime | None, markers: Markers = _DEFAULT_MARKERS) -> LogExit | None:
+    """A trade-exit line (`markers.trade_exit`), its reason and result in the contract's words: `stop_loss`
+    for the bot's stop-loss reason, `LOSS` / `WIN` for its result."""
+    match = re.search(markers.trade_exit, message, re.IGNORECASE)
     if match is None:
         return None
+    reason = "stop_loss" if match["reason"].lower() == markers.stop_loss_reason.lower() else match["reason"]
+    result = "LOSS" if match["result"].lower() == markers.trade_loss.lower() else "WIN"
     try:
-        return LogExit(at=at, coin=match["coin"], side=match["side"], size=float(match["size"]),
+        return LogExit(at=at, coin=match["coin"], side=match["side"].lower(), size=float(match["size"]),
                        entry=float(match["entry"]), exit=float(match["exit"]), pnl=float(match["pnl"]),
-                       reason=match["reason"], result=match["result"], message=message)
+                       reason=reason, result=result, message=message)
     except ValueError:
         return None
 
 
 @task(name="read TRADE EXIT log lines", cache_policy=NO_CACHE_POLICY)
-def read_trade_exits(path: Path, since: datetime) -> LogExits:
+def read_trade_exits(path: Path, since: datetime, markers: Markers = _DEFAULT_MARKERS,
+                     fmt: LogFormat = _DEFAULT_FORMAT) -> LogExits:
     """Runbook: `grep "TRADE EXIT" logs/trading_bot.log`, parsed, from `since` on (streamed, constant memory)."""
     result = LogExits(path=str(path))
+    literal = markers.trade_exit_literal.lower().encode()
     try:
         with open(path, "rb") as handle:
             for raw in handle:
-                if b"TRADE EXIT" not in raw:
+                if literal not in raw.lower():
                     continue
-                line = parse_line(raw)
-                at = _parse_time(line.timestamp)
+                line = parse_line(raw, fmt)
+                at = line.when
                 if at is not None and at < since:
                     continue
                 parsed = parse_exit(line.message, at)
@@ -534,18 +526,23 @@ def candles_evidence(candles: list[Candle], stop: StopExit, verdict: StopAssessm
     return summary + "\n\n" + table(["time (UTC)", "open", "high", "low", "close", "volume"], rows)
 
 
-def health_evidence(position_health: Any, health: HealthReport) -> str:
-    """The bot's position_health check as a table (JSON when it does not have the documented shape)."""
+def health_evidence(position_health: Any, health: HealthReport, fields: HealthFields = HealthFields()) -> str:
+    """The bot's position_health check as a table (JSON when it does not have the configured shape)."""
     if position_health is None:
         return f"not available: {health.summary()}"
-    rows = position_health.get("positions") if isinstance(position_health, dict) else None
+    rows = dig(position_health, fields.positions) if isinstance(position_health, dict) else None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         return "```json\n" + json.dumps(position_health, indent=2) + "\n```"
-    columns = ["coin", "szi", "entry_px", "mark_px", "stop_px", "unrealized_pnl"]
-    listing = table(columns, [[r.get(c, "-") for c in columns] for r in rows]) if rows else "no open positions"
-    without = position_health.get("positions_without_stop")
+    columns = [fields.position_coin, fields.position_size, fields.position_entry, fields.position_mark,
+               fields.position_stop, fields.position_pnl]
+    listing = table(columns, [[_shown(dig(r, c)) for c in columns] for r in rows]) if rows else "no open positions"
+    without = dig(position_health, fields.positions_without_stop)
     return (f"status **{position_health.get('status', '?')}**; positions without stop: "
             f"{', '.join(map(str, without)) if without else 'none'}\n\n{listing}")
+
+
+def _shown(value: Any) -> Any:
+    return "-" if value is None else value
 
 
 def positions_evidence(checks: list[PositionCheck], health_unprotected: list[str] | None,
@@ -623,8 +620,8 @@ def _review(run: IncidentRun, lookback_minutes: int, tolerance_pct: float, coin:
     # Immediate actions and investigation: independent reads, concurrently.
     health_f = check_health.submit(bot)
     config_f = read_bot_config.submit(bot)
-    exits_f = read_trade_exits.submit(bot.path(bot.log_file), since)
-    position_lines_f = scan_log.submit(bot.path(bot.log_file), "position", 10)
+    exits_f = read_trade_exits.submit(bot.path(bot.log_file), since, bot.markers, bot.logs)
+    position_lines_f = scan_log.submit(bot.path(bot.log_file), "position", 10, fmt=bot.logs)
     state_f = get_account_state.submit(account)
     orders_f = get_open_orders.submit(account)
     fills_f = get_fills.submit(account, since, now)
@@ -640,17 +637,18 @@ def _review(run: IncidentRun, lookback_minutes: int, tolerance_pct: float, coin:
     history: list[PastOrder] | None = _result(history_f, exchange_problems)
 
     # Risk settings (runbook: `cat config/config.json | jq '.risk_management'`).
-    risk = bot_config.get("risk_management")
+    keys = bot.config_keys
+    risk = bot_config.get(keys.risk)
     if bot_config.error:
         run.add_evidence("Risk settings (config.json)", f"could not be read: {bot_config.error}")
     else:
         rows = [[k, json.dumps(v)] for k, v in (risk or {}).items()] if isinstance(risk, dict) else []
-        run.add_evidence("Risk settings (config.json)", table(["risk_management", "value"], rows)
-                         if rows else f"no risk_management section in {bot_config.path}")
-    pct_value = bot_config.get(STOP_LOSS_PCT_KEY)
+        run.add_evidence("Risk settings (config.json)", table([keys.risk, "value"], rows)
+                         if rows else f"no {keys.risk} section in {bot_config.path}")
+    pct_value = bot_config.get(keys.stop_loss_pct)
     stop_loss_pct = float(pct_value) if isinstance(pct_value, (int, float)) and not isinstance(pct_value, bool) \
         else None
-    trailing_value = bot_config.get(TRAILING_KEY)
+    trailing_value = bot_config.get(keys.trailing_stop)
     trailing_enabled = trailing_value if isinstance(trailing_value, bool) else None
 
     # The log: `grep "TRADE EXIT" | tail -5` and `grep "position" | tail -10`.
@@ -668,9 +666,11 @@ def _review(run: IncidentRun, lookback_minutes: int, tolerance_pct: float, coin:
     # The bot's own view (runbook: `curl /health | jq '.checks.position_health'`).
     position_health = dig(health.body, bot.fields.position_health) if health.body else None
     health_unprotected: list[str] | None = None
-    if isinstance(position_health, dict) and isinstance(position_health.get("positions_without_stop"), list):
-        health_unprotected = [str(c) for c in position_health["positions_without_stop"]]
-    run.add_evidence("Position health (/health)", health_evidence(position_health, health))
+    without_stop = dig(position_health, bot.fields.positions_without_stop) if isinstance(position_health, dict) \
+        else None
+    if isinstance(without_stop, list):
+        health_unprotected = [str(c) for c in without_stop]
+    run.add_evidence("Position health (/health)", health_evidence(position_health, health, bot.fields))
     run.note(f"health: {health.summary()}")
 
     # The exit: the latest stop-loss exit in the window.

@@ -114,8 +114,8 @@ def look(run: IncidentRun, since: datetime) -> Findings:
     process = check_process.submit(bot)
     health = check_health.submit(bot)
     log = bot.path(bot.log_file)
-    history = reconnect_history.submit(log, since, infra.websocket_pattern, infra.reconnect_pattern)
-    limits = recent_matches.submit(log, infra.rate_limit_pattern, since)
+    history = reconnect_history.submit(log, since, bot.markers, bot.logs)
+    limits = recent_matches.submit(log, bot.markers.rate_limit, since, fmt=bot.logs)
     try:
         network, network_error = check_network(bot.hyperliquid.api_url, infra.network_samples,
                                                infra.network_timeout_seconds), None

@@ -29,7 +29,8 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 
-from flows.stop_loss_review import BotConfigRead, read_bot_config
+from flows.stop_loss_review import BotConfigRead, parse_exit, read_bot_config
+from runbook.settings import BotConfigKeys
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
@@ -140,7 +141,7 @@ def grouptable(groups: list[Group]) -> str:
 
 
 def recommend(recent: TradeMetrics, previous: TradeMetrics | None, groups: dict[str, list[Group]],
-              config: BotConfigRead, n_recent: int) -> list[str]:
+              config: BotConfigRead, n_recent: int, keys: BotConfigKeys = BotConfigKeys()) -> list[str]:
     """What the numbers suggest, most specific first (see the module docstring for the rules)."""
     recs: list[str] = []
     for group in groups.get("coin", []):
@@ -160,29 +161,29 @@ def recommend(recent: TradeMetrics, previous: TradeMetrics | None, groups: dict[
                     f"{_pct(hours[0].rest_win_rate)} in the other hours.")
     for group in groups.get("holding time", []):
         if group.trails and group.name != "unknown":
-            hold = config.get("strategy.max_hold_seconds")
+            hold = config.get(keys.max_hold_seconds)
             recs.append(f"Trades held {group.name} win {_pct(group.win_rate)} over {group.trades} vs "
                         f"{_pct(group.rest_win_rate)} otherwise: review the exit timing"
-                        + (f" (strategy.max_hold_seconds = {hold})." if hold is not None else "."))
+                        + (f" ({keys.max_hold_seconds} = {hold})." if hold is not None else "."))
     specific = len(recs)
-    stop, target = config.get("risk_management.stop_loss_pct"), config.get("risk_management.take_profit_pct")
+    stop, target = config.get(keys.stop_loss_pct), config.get(keys.take_profit_pct)
     if recent.avg_loss is not None and recent.avg_win is None:
         recs.append(f"No winning trade in the last {n_recent}: pause the strategy until it is reviewed.")
     elif recent.avg_loss is not None and recent.avg_win is not None and recent.avg_loss > recent.avg_win * Decimal(
             str(LOSS_TO_WIN)):
         ratio = float(recent.avg_loss / recent.avg_win) if recent.avg_win else math.inf
         recs.append(f"The average loss {_usd(recent.avg_loss)} is {ratio:.1f}x the average win {_usd(recent.avg_win)}: "
-                    f"tighten stops (risk_management.stop_loss_pct = {stop}) or widen targets "
-                    f"(risk_management.take_profit_pct = {target}).")
+                    f"tighten stops ({keys.stop_loss_pct} = {stop}) or widen targets "
+                    f"({keys.take_profit_pct} = {target}).")
     if (previous is not None and previous.win_rate is not None and recent.win_rate is not None
             and previous.win_rate - recent.win_rate >= DEGRADATION):
         recs.append(f"The win rate fell from {_pct(previous.win_rate)} (previous {previous.trades} trades) to "
                     f"{_pct(recent.win_rate)} (last {recent.trades}): the market regime may have changed — consider "
                     f"strategy switching or a market-condition filter.")
     if recent.expectancy is not None and recent.expectancy < 0:
-        size = config.get("position_sizing.base_size_usd")
+        size = config.get(keys.base_size_usd)
         recs.append(f"Expectancy is {_usd(recent.expectancy)} per trade: reduce size"
-                    + (f" (position_sizing.base_size_usd = {size})" if size is not None else "")
+                    + (f" ({keys.base_size_usd} = {size})" if size is not None else "")
                     + " or pause until the strategy is reviewed.")
     if not specific:
         recs.append("No single coin, side, hour or holding time explains the losses: check indicator accuracy "
@@ -249,7 +250,7 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
     fills_f = get_fills.submit(account, now - timedelta(days=lookback_days), now)
     state_f = get_account_state.submit(account)
     config_f = read_bot_config.submit(bot)
-    exits_f = scan_log.submit(bot.path(bot.log_file), "TRADE EXIT", 1000)
+    exits_f = scan_log.submit(bot.path(bot.log_file), bot.markers.trade_exit_literal, 1000, fmt=bot.logs)
     health_f = check_health.submit(bot)
 
     # Strategy parameters (runbook: `cat config/config.json | jq '.strategy'`).
@@ -257,7 +258,7 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
     if bot_config.error:
         run.add_evidence("Strategy parameters (config.json)", f"could not be read: {bot_config.error}")
     else:
-        rows = [row for key in ("strategy", "risk_management", "position_sizing")
+        rows = [row for key in (bot.config_keys.strategy, bot.config_keys.risk, bot.config_keys.sizing)
                 if bot_config.get(key) is not None for row in _flat(key, bot_config.get(key))]
         run.add_evidence("Strategy parameters (config.json)", table(["parameter", "value"], rows))
 
@@ -273,7 +274,8 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
         bot_view = f"the bot's win rate is not available ({health.summary()})"
     run.add_evidence("The bot's own figures (/health)", bot_view)
     exits = exits_f.result()
-    losers_log = [m for m in exits.last_matches if m.rstrip().endswith("LOSS")][-10:]
+    losers_log = [m for m in exits.last_matches
+                  if (e := parse_exit(m, None, bot.markers)) is not None and e.result == "LOSS"][-10:]
     run.add_evidence("Losing trades in the bot's log (last 10)",
                      exits.error or "```\n" + ("\n".join(losers_log) or "none") + "\n```")
 
@@ -319,7 +321,7 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
                  _usd(t.pnl), hold_bucket(t.holding_seconds)] for t in losers.tail(10).itertuples()]
         run.add_evidence("Last 10 losing trades (exchange)",
                          table(["closed (UTC)", "coin", "side", "size", "exit", "PnL", "held"], rows))
-    recs = recommend(m_recent, m_previous, groups, bot_config, len(recent))
+    recs = recommend(m_recent, m_previous, groups, bot_config, len(recent), bot.config_keys)
     run.add_evidence("Recommendations", "\n".join(f"1. {r}" for r in recs))
 
     rate = m_recent.win_rate or 0.0

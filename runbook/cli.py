@@ -272,6 +272,33 @@ def check_config(config: Optional[Path] = ConfigOption, as_json: bool = JsonOpti
 
 
 @app.command()
+def doctor(
+    config: Optional[Path] = ConfigOption,
+    bot: Optional[str] = typer.Option(None, "--bot", help="Which bot (needed when several are configured)."),
+    lines: int = typer.Option(20000, "--lines", min=1, help="How many lines from the end of each log to read."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Probe the live bot: does every configured /health path, metric, log format, pattern and config key
+    resolve, and what does it read? Exit 1 when something does not resolve."""
+    from tasks.doctor import RESOLVED, UNRESOLVED, examine
+
+    try:
+        settings = load_settings(config)
+        name, bot_settings = settings.bot(bot)
+    except ConfigError as error:
+        raise _fail(str(error))
+    report = examine(settings, name, bot_settings, max_lines=lines)
+    marks = {RESOLVED: "ok  ", UNRESOLVED: "FAIL"}
+    text = [f"bot {name}: " + ", ".join(f"{count} {status}" for status, count in report.counts().items())]
+    for item in report.items:
+        text.append(f"{marks.get(item.status, '--  ')} {item.name} = {item.configured}\n       {item.read}")
+        text.extend(f"       | {line}" for line in item.lines)
+    _emit(report.to_dict(), as_json, "\n".join(text))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def approve(
     run_id: str = typer.Argument(..., help="The paused flow run's id."),
     reject: bool = typer.Option(False, "--reject", help="Reject instead of approving."),
@@ -414,12 +441,19 @@ def report_weekly(
 
 
 @sandbox_app.command("up")
-def sandbox_up(directory: Path = SandboxDir, seed: int = typer.Option(7, "--seed"), as_json: bool = JsonOption) -> None:
+def sandbox_up(
+    directory: Path = SandboxDir,
+    seed: int = typer.Option(7, "--seed"),
+    shape: str = typer.Option("default", "--shape", help="The bot's shape: default (the documented contract) or "
+                              "alt (plain-text logs, other /health paths and words, a millisecond histogram, other "
+                              "config keys); the runbook.toml written adapts to it."),
+    as_json: bool = JsonOption,
+) -> None:
     """Start the sandbox bot, exchange and Slack on free loopback ports; write DIR/runbook.toml."""
     from sandbox.manager import SandboxError, up
 
     try:
-        info = up(directory.resolve(), seed=seed)
+        info = up(directory.resolve(), seed=seed, shape=shape)
     except SandboxError as error:
         raise _fail(str(error), 1)
     data = info if isinstance(info, dict) else getattr(info, "__dict__", {"info": str(info)})

@@ -8,10 +8,11 @@ A bad file fails at load with one line per bad field (`ConfigError`).
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -41,6 +42,25 @@ class Section(BaseModel):
     model_config = {"extra": "forbid"}
 
 
+def _dotted_path(value: str) -> str:
+    """A dotted path into JSON (`checks.api_auth.status`): non-empty parts, no spaces."""
+    if not isinstance(value, str) or not value or any(not part or part != part.strip() for part in value.split(".")):
+        raise ValueError(f"{value!r} is not a dotted path (parts separated by single dots, e.g. checks.api_auth.status)")
+    return value
+
+
+def _regex(value: str, required: tuple[str, ...] = ()) -> str:
+    """A regular expression that compiles and has the named groups the code reads."""
+    try:
+        compiled = re.compile(value)
+    except re.error as error:
+        raise ValueError(f"not a regular expression: {error}") from None
+    missing = [name for name in required if name not in compiled.groupindex]
+    if missing:
+        raise ValueError(f"the pattern lacks the named group(s) {', '.join(f'(?P<{m}>...)' for m in missing)}")
+    return value
+
+
 class HealthFields(Section):
     """Dotted paths into the bot's /health JSON, so a bot with other field names is adapted by config."""
 
@@ -48,15 +68,183 @@ class HealthFields(Section):
     websocket_connected: str = "checks.websocket_connectivity.connected"
     position_health: str = "checks.position_health"
     circuit_breaker: str = "checks.circuit_breaker.tripped"
+    circuit_breaker_reason: str = "checks.circuit_breaker.reason"
     api_auth: str = "checks.api_auth.status"
     total_pnl: str = "metrics.total_pnl"
+    daily_pnl: str = "metrics.daily_pnl"
     account_balance: str = "metrics.account_balance"
+    withdrawable: str = "metrics.withdrawable"
     win_rate: str = "metrics.win_rate"
     total_trades: str = "metrics.total_trades"
+    # Inside position_health: the list of open positions, the coins without a stop, and each position's fields.
+    positions: str = "positions"
+    positions_without_stop: str = "positions_without_stop"
+    position_coin: str = "coin"
+    position_size: str = "szi"
+    position_entry: str = "entry_px"
+    position_mark: str = "mark_px"
+    position_stop: str = "stop_px"
+    position_pnl: str = "unrealized_pnl"
     # /health "status" values meaning: trading normally, or deliberately halted (circuit breaker) by the bot
     # itself. A halted bot is alive and must not be restarted by crash recovery.
     healthy_values: list[str] = ["healthy", "ok", "degraded"]
     stopped_values: list[str] = ["stopped", "halted"]
+    # Values of `api_auth` meaning the exchange refuses the bot's key.
+    api_auth_failing: list[str] = ["fail"]
+
+    @field_validator("status", "websocket_connected", "position_health", "circuit_breaker", "circuit_breaker_reason",
+                     "api_auth", "total_pnl", "daily_pnl", "account_balance", "withdrawable", "win_rate",
+                     "total_trades", "positions", "positions_without_stop", "position_coin", "position_size",
+                     "position_entry", "position_mark", "position_stop", "position_pnl")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _dotted_path(value)
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """Every configured /health path by setting name; position fields relative to position_health."""
+        return {name: getattr(self, name) for name in type(self).model_fields
+                if name not in ("healthy_values", "stopped_values", "api_auth_failing")}
+
+
+LOG_LINE_GROUPS = ("timestamp", "level", "message")
+
+
+class LogFormat(Section):
+    """How the bot's log lines are read: JSON objects with these fields, or plain text and a regular expression."""
+
+    format: Literal["json", "text"] = "json"
+    # json: the (dotted) field names of a line's time, level and message.
+    timestamp_field: str = "timestamp"
+    level_field: str = "level"
+    message_field: str = "message"
+    # text: a regular expression over the whole line with the named groups timestamp, level and message.
+    line_pattern: str | None = None
+    # How the timestamp is written: None for ISO 8601, else a strptime format. A time without a zone is UTC.
+    timestamp_format: str | None = None
+
+    @field_validator("timestamp_field", "level_field", "message_field")
+    @classmethod
+    def _field(cls, value: str) -> str:
+        return _dotted_path(value)
+
+    @field_validator("line_pattern")
+    @classmethod
+    def _line(cls, value: str | None) -> str | None:
+        return None if value is None else _regex(value, LOG_LINE_GROUPS)
+
+    @model_validator(mode="after")
+    def _text_needs_pattern(self) -> "LogFormat":
+        if self.format == "text" and self.line_pattern is None:
+            raise ValueError("format = \"text\" needs line_pattern, a regular expression with the named groups "
+                             "timestamp, level and message")
+        return self
+
+
+TRADE_EXIT_GROUPS = ("coin", "side", "size", "entry", "exit", "pnl", "reason", "result")
+
+
+class Markers(Section):
+    """Regular expressions (case-insensitive) over the bot's log messages: what a line means."""
+
+    # A closed trade, with the named groups coin, side (long/short), size, entry, exit, pnl, reason, result.
+    trade_exit: str = (r"TRADE EXIT (?P<coin>\S+) (?P<side>long|short) size=(?P<size>\S+) entry=(?P<entry>\S+) "
+                       r"exit=(?P<exit>\S+) pnl=(?P<pnl>\S+) reason=(?P<reason>\S+) (?P<result>WIN|LOSS)")
+    # A literal every trade-exit line contains (the fast pre-filter of a big log), the `result` of a losing
+    # trade, and the `reason` of an exit by stop-loss.
+    trade_exit_literal: str = "TRADE EXIT"
+    trade_loss: str = "LOSS"
+    stop_loss_reason: str = "stop_loss"
+    # The websocket lines; among them a reconnect attempt (optional groups attempt and delay), a disconnect
+    # and a (re)connect.
+    websocket: str = r"websocket"
+    reconnect: str = r"websocket reconnect attempt (?P<attempt>\d+)(?: in (?P<delay>[\d.]+)s)?"
+    disconnect: str = r"disconnect|lost|closed"
+    connected: str = r"connected"
+    rate_limit: str = r"rate limit|HTTP 429"
+    # An API call (the group endpoint, when present, counts them per endpoint).
+    api_call: str = r"^API CALL (?P<endpoint>\S+)"
+    # Authentication lines of the error log.
+    auth: str = r"auth"
+
+    @field_validator("websocket", "reconnect", "disconnect", "connected", "rate_limit", "api_call", "auth")
+    @classmethod
+    def _pattern(cls, value: str) -> str:
+        return _regex(value)
+
+    @field_validator("trade_exit")
+    @classmethod
+    def _exit(cls, value: str) -> str:
+        return _regex(value, TRADE_EXIT_GROUPS)
+
+    @field_validator("trade_exit_literal", "trade_loss", "stop_loss_reason")
+    @classmethod
+    def _word(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def patterns(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in
+                ("trade_exit", "websocket", "reconnect", "disconnect", "connected", "rate_limit", "api_call", "auth")}
+
+
+class MetricNames(Section):
+    """The bot's Prometheus series the runbook reads."""
+
+    # The request-duration histogram (or summary) family, and the unit it counts in.
+    latency: str = "api_request_duration_seconds"
+    latency_unit: Literal["seconds", "milliseconds"] = "seconds"
+
+    @field_validator("latency")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", value):
+            raise ValueError(f"{value!r} is not a Prometheus metric name")
+        return value
+
+    @property
+    def latency_scale(self) -> float:
+        """Multiply a reading by this for seconds."""
+        return 0.001 if self.latency_unit == "milliseconds" else 1.0
+
+
+class BotConfigKeys(Section):
+    """Dotted paths into the bot's own config file (config/config.json) for the settings the runbook reads."""
+
+    # The sections shown as the bot's risk parameters.
+    risk: str = "risk_management"
+    limits: str = "risk_limits"
+    sizing: str = "position_sizing"
+    strategy: str = "strategy"
+    stop_loss_pct: str = "risk_management.stop_loss_pct"
+    trailing_stop: str = "risk_management.trailing_stop"
+    take_profit_pct: str = "risk_management.take_profit_pct"
+    max_position_usd: str = "risk_management.max_position_usd"
+    leverage: str = "risk_management.leverage"
+    daily_loss_limit_usd: str = "risk_limits.daily_loss_limit_usd"
+    daily_loss_reset_at: str = "risk_limits.daily_loss_reset_at"
+    max_drawdown_pct: str = "risk_limits.max_drawdown_pct"
+    min_balance_usd: str = "risk_limits.min_balance_usd"
+    base_size_usd: str = "position_sizing.base_size_usd"
+    max_positions: str = "position_sizing.max_positions"
+    strategy_name: str = "strategy.name"
+    max_hold_seconds: str = "strategy.max_hold_seconds"
+
+    @field_validator("*")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _dotted_path(value)
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        """The risk sections in the order people expect them (limits first, as the runbook reads them)."""
+        return (self.limits, self.risk, self.sizing, self.strategy)
+
+    @property
+    def paths(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in type(self).model_fields}
 
 
 class HyperliquidAccount(Section):
@@ -98,6 +286,10 @@ class BotSettings(Section):
     metrics_url: str = "http://localhost:8000/metrics"
     probe_timeout_seconds: float = 3.0
     fields: HealthFields = HealthFields()
+    logs: LogFormat = LogFormat()
+    markers: Markers = Markers()
+    metrics: MetricNames = MetricNames()
+    config_keys: BotConfigKeys = BotConfigKeys()
     log_file: Path = Path("logs/trading_bot.log")
     error_log_file: Path = Path("logs/trading_bot_errors.log")
     config_file: Path = Path("config/config.json")
@@ -232,6 +424,16 @@ class WatchSettings(Section):
     # which would add up to 10 s to every remediation's start).
     runner_poll_seconds: float = Field(1.0, gt=0)
 
+    @field_validator("log_patterns")
+    @classmethod
+    def _patterns(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, pattern in value.items():
+            try:
+                _regex(pattern)
+            except ValueError as error:
+                raise ValueError(f"{key}: {error}") from None
+        return value
+
 
 class IntakeSettings(Section):
     """The webhook intake for Prometheus Alertmanager and Grafana; it does not start without a token."""
@@ -270,7 +472,6 @@ class InfraSettings(Section):
     recent_log_minutes: float = Field(10.0, gt=0)
     # The latency flow reads the bot's request-duration histogram twice, this far apart.
     latency_window_seconds: float = Field(30.0, gt=0)
-    latency_metric: str = "api_request_duration"
     # The bot's own request volume counts as the cause above this many API calls a minute (the IP limit
     # is 1200 weight/min; most info requests weigh 2-20), or above this share of its address budget.
     api_calls_per_minute_budget: float = Field(600.0, gt=0)
@@ -284,24 +485,6 @@ class InfraSettings(Section):
     # RSS growing faster than this across the samples is a leak; otherwise a spike (or a plateau).
     memory_leak_mb_per_minute: float = Field(10.0, gt=0)
     memory_top_processes: int = Field(10, ge=1)
-    # Regular expressions over the bot's log messages (the bot contract; adapt them for another bot).
-    reconnect_pattern: str = r"websocket reconnect attempt (?P<attempt>\d+)(?: in (?P<delay>[\d.]+)s)?"
-    websocket_pattern: str = r"websocket"
-    rate_limit_pattern: str = r"rate limit|HTTP 429"
-    api_call_pattern: str = r"^API CALL (?P<endpoint>\S+)"
-    auth_pattern: str = r"auth"
-
-    @field_validator("reconnect_pattern", "websocket_pattern", "rate_limit_pattern", "api_call_pattern",
-                     "auth_pattern")
-    @classmethod
-    def _regex(cls, value: str) -> str:
-        import re
-
-        try:
-            re.compile(value)
-        except re.error as error:
-            raise ValueError(f"not a regular expression: {error}") from None
-        return value
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

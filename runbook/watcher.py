@@ -21,7 +21,7 @@ import psutil
 from runbook.alerts import CATALOGUE, ESCALATION_LEVELS, get_alert
 from runbook.firing import Firing, fire_alert
 from runbook.journal import Journal, utcnow
-from runbook.settings import BotSettings, Settings
+from runbook.settings import BotSettings, LogFormat, Settings
 from tasks.logs import parse_line
 from tasks.notify import AlertNotice, post_notice
 from tasks.probes import HealthReport, MetricsSnapshot, dig, number, probe_health_once, read_metrics_once
@@ -47,6 +47,7 @@ class LogCursor:
     """Where we stopped reading a log; a file that shrank was rotated or truncated: start over."""
 
     path: Path
+    fmt: LogFormat = field(default_factory=LogFormat)
     offset: int | None = None
     inode: int | None = None
 
@@ -67,7 +68,7 @@ class LogCursor:
             chunk = handle.read(stat.st_size - self.offset)
         complete = chunk.rfind(b"\n") + 1  # a half-written last line waits for the next poll
         self.offset += complete
-        return [parse_line(raw).message for raw in chunk[:complete].splitlines() if raw.strip()]
+        return [parse_line(raw, self.fmt).message for raw in chunk[:complete].splitlines() if raw.strip()]
 
 
 @dataclass
@@ -90,8 +91,8 @@ class Watcher:
         for key in patterns:
             get_alert(key)  # a typo in config fails at start, not silently
         self.bots = [
-            BotState(name, bot, [LogCursor(bot.path(bot.log_file)), LogCursor(bot.path(bot.error_log_file))],
-                     patterns=patterns)
+            BotState(name, bot, [LogCursor(bot.path(bot.log_file), bot.logs),
+                                 LogCursor(bot.path(bot.error_log_file), bot.logs)], patterns=patterns)
             for name, bot in settings.bots.items()
         ]
         for state in self.bots:  # a restarted watcher starts from the recorded all-time high, not from zero
@@ -143,8 +144,9 @@ class Watcher:
             state.websocket_down_since = None
 
         body = health.body or {}
-        if dig(body, fields.api_auth) == "fail":
-            firing.append(("api-auth-failed", "health check api_auth is failing"))
+        auth = dig(body, fields.api_auth)
+        if isinstance(auth, str) and auth in fields.api_auth_failing:
+            firing.append(("api-auth-failed", f"health check {fields.api_auth} is {auth!r}"))
         balance = number(dig(body, fields.account_balance))
         if balance is not None:
             if watch.min_balance_usd is not None and balance < watch.min_balance_usd:
@@ -174,11 +176,14 @@ class Watcher:
 
     @staticmethod
     def _mean_latency(state: BotState, metrics: MetricsSnapshot) -> float | None:
-        """Mean request duration over the requests made since the last poll (histogram or summary)."""
+        """Mean request duration in seconds over the requests made since the last poll (histogram or summary
+        named by the bot's `metrics.latency`, in its `latency_unit`)."""
         if metrics.error:
             return None
-        total = sum(v for k, v in metrics.samples.items() if k.split("{")[0] == "api_request_duration_seconds_sum")
-        count = sum(v for k, v in metrics.samples.items() if k.split("{")[0] == "api_request_duration_seconds_count")
+        names = state.bot.metrics
+        total = names.latency_scale * sum(
+            v for k, v in metrics.samples.items() if k.split("{")[0] == f"{names.latency}_sum")
+        count = sum(v for k, v in metrics.samples.items() if k.split("{")[0] == f"{names.latency}_count")
         previous, state.latency_totals = state.latency_totals, (total, count)
         if previous is None or count <= previous[1]:
             return None

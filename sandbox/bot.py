@@ -7,6 +7,12 @@ Prometheus metrics, JSON-lines logs, `config/config.json` and `data/trades.jsonl
 
 Faults from the sandbox switchboard (`sandbox.faults`) change its behaviour within about a second;
 see docs/bot-contract.md for what each one does here.
+
+Two shapes (`bot.shape` in its config.json): `default` is the bot contract as documented; `alt` is
+the same bot speaking another dialect, the way a real bot that is not ours would: plain-text log lines
+with other wording, other /health paths and status words, a millisecond latency histogram under another
+name and other config key names. The runbook adapts to it by configuration alone (the runbook.toml
+`sandbox up --shape alt` writes); see ALT_* below for the whole dialect.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -56,6 +63,86 @@ AUTH_MARKERS = ("does not exist", "signature", "unauthori", "not approved", "inv
 
 log = logging.getLogger("trading_bot")
 
+SHAPES = ("default", "alt")
+
+# --- the alt shape's dialect ----------------------------------------------------------------
+
+# config.json: where the alt bot keeps each setting (the default shape's names on the left).
+ALT_CONFIG_KEYS: dict[str, tuple[str, str]] = {
+    "stop_loss_pct": ("risk", "stop_pct"), "take_profit_pct": ("risk", "target_pct"),
+    "max_position_usd": ("risk", "position_cap_usd"), "daily_loss_limit_usd": ("limits", "max_daily_loss"),
+    "min_balance_usd": ("limits", "balance_floor"), "base_size_usd": ("sizing", "order_usd"),
+    "max_positions": ("sizing", "slots"), "strategy_name": ("strategy_params", "id"),
+    "coins": ("strategy_params", "coins"), "max_hold_seconds": ("strategy_params", "hold_limit_s"),
+}
+DEFAULT_CONFIG_KEYS: dict[str, tuple[str, str]] = {
+    "stop_loss_pct": ("risk_management", "stop_loss_pct"), "take_profit_pct": ("risk_management", "take_profit_pct"),
+    "max_position_usd": ("risk_management", "max_position_usd"),
+    "daily_loss_limit_usd": ("risk_limits", "daily_loss_limit_usd"),
+    "min_balance_usd": ("risk_limits", "min_balance_usd"), "base_size_usd": ("position_sizing", "base_size_usd"),
+    "max_positions": ("position_sizing", "max_positions"), "strategy_name": ("strategy", "name"),
+    "coins": ("strategy", "coins"), "max_hold_seconds": ("strategy", "max_hold_seconds"),
+}
+# /health status words.
+ALT_STATUS = {"healthy": "green", "degraded": "amber", "unhealthy": "red", "stopped": "paused"}
+# Log messages: the default wording rewritten (first match wins; the rest of a message is kept).
+ALT_MESSAGES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (
+    (r"^TRADE EXIT (\S+) (\S+) size=(\S+) entry=(\S+) exit=(\S+) pnl=(\S+) reason=stop_loss (WIN|LOSS)$",
+     r"closed \1/\2 qty \3 in \4 out \5 pnl \6 cause stop -> \7"),
+    (r"^TRADE EXIT (\S+) (\S+) size=(\S+) entry=(\S+) exit=(\S+) pnl=(\S+) reason=(\S+) (WIN|LOSS)$",
+     r"closed \1/\2 qty \3 in \4 out \5 pnl \6 cause \7 -> \8"),
+    (r"^websocket connected$", "feed up"),
+    (r"^websocket disconnected: (.*)$", r"feed down (\1)"),
+    (r"^websocket reconnect attempt (\d+) in (\S+)s$", r"feed retry #\1, next in \2 s"),
+    (r"^rate limit hit on (\S+) \(HTTP 429\)$", r"throttled by exchange on \1"),
+    (r"^API CALL (\S+) (\S+)$", r"call \1 took \2"),
+    (r"^auth failed: (.*)$", r"credentials refused: \1"),
+    (r"^circuit breaker tripped: (.*)$", r"RISK HALT: \1"),
+))
+ALT_LEVELS = {"WARNING": "WARN", "CRITICAL": "FATAL"}
+
+
+ALT_RESULTS = {"-> WIN": "-> gain", "-> LOSS": "-> drawdown"}
+
+
+def alt_message(message: str) -> str:
+    for pattern, replacement in ALT_MESSAGES:
+        rewritten, count = pattern.subn(replacement, message)
+        if count:
+            for old, new in ALT_RESULTS.items():
+                if rewritten.endswith(old):
+                    rewritten = rewritten[: -len(old)] + new
+            return rewritten
+    return message
+
+
+def alt_health(report: dict[str, Any]) -> dict[str, Any]:
+    """The default /health document in the alt shape's layout."""
+    checks, metrics = report["checks"], report["metrics"]
+    ws, auth, book, breaker = (checks["websocket_connectivity"], checks["api_auth"], checks["position_health"],
+                               checks["circuit_breaker"])
+    return {
+        "state": ALT_STATUS[report["status"]],
+        "at": report["timestamp"],
+        "process": {"pid": report["pid"], "up_s": report["uptime_seconds"]},
+        "components": {
+            "feed": {"up": ws["connected"], "age_s": ws["last_message_age_seconds"],
+                     "retries": ws["reconnect_attempts"]},
+            "exchange": {"login": "ok" if auth["status"] == "pass" else "denied", "error": auth["last_error"],
+                         "last_call_ms": checks["api_connectivity"]["last_latency_ms"]},
+            "book": {"state": book["status"], "unprotected": book["positions_without_stop"], "open": [
+                {"symbol": row["coin"], "qty": row["szi"], "avg_entry": row["entry_px"], "mark": row["mark_px"],
+                 "stop": row["stop_px"], "upnl": row["unrealized_pnl"]} for row in book["positions"]]},
+            "risk": {"halted": breaker["tripped"], "why": breaker["reason"]},
+            "memory": checks["memory"],
+        },
+        "stats": {"pnl": {"total": metrics["total_pnl"], "today": metrics["daily_pnl"]},
+                  "equity": metrics["account_balance"], "free_usd": metrics["withdrawable"],
+                  "peak_equity": metrics["peak_balance"], "winrate": metrics["win_rate"],
+                  "trades_today": metrics["trades_today"], "trades": metrics["total_trades"],
+                  "positions": metrics["open_positions"]},
+    }
+
 
 # --- configuration --------------------------------------------------------------------------
 
@@ -85,13 +172,28 @@ class BotConfig:
     strategy_name: str
     coins: tuple[str, ...]
     max_hold_seconds: float
+    shape: str = "default"
 
     @classmethod
     def load(cls, home: Path) -> BotConfig:
         raw = json.loads((home / CONFIG_FILE).read_text())
-        bot, risk, limits = raw["bot"], raw["risk_management"], raw["risk_limits"]
-        sizing, strategy = raw["position_sizing"], raw["strategy"]
+        bot = raw["bot"]
+        shape = str(bot.get("shape", "default"))
+        if shape not in SHAPES:
+            raise ValueError(f"bot.shape must be one of {', '.join(SHAPES)}, not {shape!r}")
+        where = ALT_CONFIG_KEYS if shape == "alt" else DEFAULT_CONFIG_KEYS
+
+        def setting(name: str, default: Any = KeyError) -> Any:
+            section, key = where[name]
+            part = raw.get(section, {})
+            if key not in part:
+                if default is KeyError:
+                    raise KeyError(f"{section}.{key}")
+                return default
+            return part[key]
+
         return cls(
+            shape=shape,
             home=home,
             health_port=int(bot["health_port"]),
             metrics_port=int(bot["metrics_port"]),
@@ -103,16 +205,16 @@ class BotConfig:
             trade_interval_seconds=float(bot.get("trade_interval_seconds", 3.0)),
             api_timeout_seconds=float(bot.get("api_timeout_seconds", 10.0)),
             seed=int(bot.get("seed", 7)),
-            stop_loss_pct=float(risk["stop_loss_pct"]),
-            take_profit_pct=float(risk["take_profit_pct"]),
-            max_position_usd=float(risk["max_position_usd"]),
-            daily_loss_limit_usd=float(limits["daily_loss_limit_usd"]),
-            min_balance_usd=float(limits["min_balance_usd"]),
-            base_size_usd=float(sizing["base_size_usd"]),
-            max_positions=int(sizing["max_positions"]),
-            strategy_name=str(strategy.get("name", "random-walk")),
-            coins=tuple(strategy["coins"]),
-            max_hold_seconds=float(strategy.get("max_hold_seconds", 20.0)),
+            stop_loss_pct=float(setting("stop_loss_pct")),
+            take_profit_pct=float(setting("take_profit_pct")),
+            max_position_usd=float(setting("max_position_usd")),
+            daily_loss_limit_usd=float(setting("daily_loss_limit_usd")),
+            min_balance_usd=float(setting("min_balance_usd")),
+            base_size_usd=float(setting("base_size_usd")),
+            max_positions=int(setting("max_positions")),
+            strategy_name=str(setting("strategy_name", "random-walk")),
+            coins=tuple(setting("coins")),
+            max_hold_seconds=float(setting("max_hold_seconds", 20.0)),
         )
 
 
@@ -137,10 +239,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(home: Path) -> None:
+class TextFormatter(logging.Formatter):
+    """The alt shape: `2026-12-05 12:00:00.123 WARN  [trading_bot.websocket] feed down (...)`, in UTC, with
+    the alt dialect's wording."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        level = ALT_LEVELS.get(record.levelname, record.levelname)
+        line = f"{stamp} {level:<5} [{record.name}] {alt_message(record.getMessage())}"
+        if record.exc_info:
+            line += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        return line
+
+
+def configure_logging(home: Path, shape: str = "default") -> None:
     """All records to logs/trading_bot.log, ERROR and above also to logs/trading_bot_errors.log."""
     (home / LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
-    formatter = JsonFormatter()
+    formatter: logging.Formatter = TextFormatter() if shape == "alt" else JsonFormatter()
     main = logging.FileHandler(home / LOG_FILE)
     errors = logging.FileHandler(home / ERROR_LOG_FILE)
     errors.setLevel(logging.ERROR)
@@ -161,11 +276,19 @@ def _utcnow() -> datetime:
 class Metrics:
     """The Prometheus series the runbook and the watcher read (default registry, one bot per process)."""
 
-    def __init__(self) -> None:
-        self.api_duration = Histogram(
-            "api_request_duration_seconds", "Hyperliquid API request duration", ["endpoint"],
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 7.5, 10, 15, 30),
-        )
+    def __init__(self, shape: str = "default") -> None:
+        if shape == "alt":  # milliseconds, under another name
+            histogram = Histogram(
+                "exchange_call_latency_ms", "Hyperliquid API request duration (ms)", ["endpoint"],
+                buckets=(10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 7500, 10000, 15000, 30000),
+            )
+            self.observe_api = lambda endpoint, seconds: histogram.labels(endpoint=endpoint).observe(seconds * 1000)
+        else:
+            histogram = Histogram(
+                "api_request_duration_seconds", "Hyperliquid API request duration", ["endpoint"],
+                buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 7.5, 10, 15, 30),
+            )
+            self.observe_api = lambda endpoint, seconds: histogram.labels(endpoint=endpoint).observe(seconds)
         self.api_requests = Counter("api_requests_total", "Hyperliquid API requests", ["endpoint", "outcome"])
         self.trades = Counter("trades_total", "Closed trades", ["coin", "result"])
         self.balance = Gauge("account_balance_usd", "Account value reported by the exchange")
@@ -354,7 +477,7 @@ class Gateway:
         finally:
             elapsed = time.monotonic() - started
             self.status.last_latency_ms = round(elapsed * 1000, 1)
-            self._metrics.api_duration.labels(endpoint=endpoint).observe(elapsed)
+            self._metrics.observe_api(endpoint, elapsed)
             self._metrics.api_requests.labels(endpoint=endpoint, outcome=outcome).inc()
             log.info(f"API CALL {endpoint} {elapsed * 1000:.0f}ms",
                      extra={"endpoint": endpoint, "latency_ms": round(elapsed * 1000, 1), "outcome": outcome})
@@ -901,8 +1024,11 @@ class HealthHandler(BaseHTTPRequestHandler):
         bot = self.server.bot
         bot.wait_while_hung()
         report = bot.health()
+        unhealthy = report["status"] == "unhealthy"
+        if bot.config.shape == "alt":
+            report = alt_health(report)
         body = json.dumps(report).encode()
-        self.send_response(503 if report["status"] == "unhealthy" else 200)
+        self.send_response(503 if unhealthy else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -943,12 +1069,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, required=True, help="the bot's working dir (config/, logs/, data/)")
     home = parser.parse_args(argv).home.resolve()
     os.chdir(home)
-    configure_logging(home)
     try:
         config = BotConfig.load(home)
     except (OSError, KeyError, ValueError) as error:
+        configure_logging(home)
         log.error(f"startup failed: bad {CONFIG_FILE}: {error!r}")
         return EXIT_CONFIG
+    configure_logging(home, config.shape)
     pidfile = home / PIDFILE
     other = _running_instance(pidfile, home)
     if other is not None:
@@ -968,7 +1095,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_START
 
     try:
-        bot = TradingBot(config, board, Metrics())
+        bot = TradingBot(config, board, Metrics(config.shape))
         health = HealthServer(config.health_port, bot)
         start_http_server(config.metrics_port, addr="127.0.0.1")
     except (OSError, ValueError, KeyError) as error:

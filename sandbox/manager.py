@@ -64,6 +64,93 @@ BOT_SECTIONS: dict[str, dict[str, Any]] = {
 }
 
 
+# The alt shape's config.json sections (the same values under the names sandbox.bot.ALT_CONFIG_KEYS gives).
+ALT_BOT_SECTIONS: dict[str, dict[str, Any]] = {
+    "risk": {"stop_pct": 2.0, "trailing": False, "target_pct": 3.0, "position_cap_usd": 1000.0, "lev": 3},
+    "limits": {"max_daily_loss": 100.0, "max_dd_pct": 10.0, "balance_floor": 1000.0},
+    "sizing": {"order_usd": 50.0, "slots": 2},
+    "strategy_params": {"id": "random-walk", "coins": ["BTC", "ETH", "SOL"], "hold_limit_s": 30.0},
+}
+SHAPES = ("default", "alt")
+
+# What the runbook.toml of the alt shape adds: every place the alt bot differs, adapted by configuration.
+ALT_RUNBOOK_TOML = r"""
+[bots.sandbox.fields]
+status = "state"
+healthy_values = ["green", "amber"]
+stopped_values = ["paused"]
+websocket_connected = "components.feed.up"
+position_health = "components.book"
+positions = "open"
+positions_without_stop = "unprotected"
+position_coin = "symbol"
+position_size = "qty"
+position_entry = "avg_entry"
+position_mark = "mark"
+position_stop = "stop"
+position_pnl = "upnl"
+circuit_breaker = "components.risk.halted"
+circuit_breaker_reason = "components.risk.why"
+api_auth = "components.exchange.login"
+api_auth_failing = ["denied"]
+total_pnl = "stats.pnl.total"
+daily_pnl = "stats.pnl.today"
+account_balance = "stats.equity"
+withdrawable = "stats.free_usd"
+win_rate = "stats.winrate"
+total_trades = "stats.trades"
+
+[bots.sandbox.logs]
+format = "text"
+line_pattern = '^(?P<timestamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) (?P<level>[A-Z]+) +\[(?P<logger>[^\]]*)\] (?P<message>.*)$'
+timestamp_format = "%Y-%m-%d %H:%M:%S.%f"
+
+[bots.sandbox.markers]
+trade_exit = '^closed (?P<coin>[^/\s]+)/(?P<side>long|short) qty (?P<size>\S+) in (?P<entry>\S+) out (?P<exit>\S+) pnl (?P<pnl>\S+) cause (?P<reason>\S+) -> (?P<result>gain|drawdown)$'
+trade_exit_literal = "closed "
+trade_loss = "drawdown"
+stop_loss_reason = "stop"
+websocket = '^feed '
+reconnect = 'feed retry #(?P<attempt>\d+), next in (?P<delay>[\d.]+) s'
+disconnect = 'feed down'
+connected = 'feed up'
+rate_limit = 'throttled by exchange'
+api_call = '^call (?P<endpoint>\S+) took'
+auth = 'credentials'
+
+[bots.sandbox.metrics]
+latency = "exchange_call_latency_ms"
+latency_unit = "milliseconds"
+
+[bots.sandbox.config_keys]
+risk = "risk"
+limits = "limits"
+sizing = "sizing"
+strategy = "strategy_params"
+stop_loss_pct = "risk.stop_pct"
+trailing_stop = "risk.trailing"
+take_profit_pct = "risk.target_pct"
+max_position_usd = "risk.position_cap_usd"
+leverage = "risk.lev"
+daily_loss_limit_usd = "limits.max_daily_loss"
+daily_loss_reset_at = "limits.reset_at"
+max_drawdown_pct = "limits.max_dd_pct"
+min_balance_usd = "limits.balance_floor"
+base_size_usd = "sizing.order_usd"
+max_positions = "sizing.slots"
+strategy_name = "strategy_params.id"
+max_hold_seconds = "strategy_params.hold_limit_s"
+"""
+# The watcher's log patterns in the alt dialect.
+ALT_WATCH_PATTERNS = r"""
+[watch.log_patterns]
+stop-loss-review = '^closed .* cause stop -> '
+daily-loss-limit = '^RISK HALT: daily loss'
+api-auth-failed = '^credentials refused'
+insufficient-balance = 'insufficient balance'
+"""
+
+
 class SandboxError(Exception):
     """The sandbox cannot do what was asked; the message says why and what to do."""
 
@@ -86,11 +173,19 @@ class SandboxInfo:
 # --- public API -----------------------------------------------------------------------------
 
 
-def up(directory: Path, seed: int = 7, startup_seconds: float = 1.5) -> SandboxInfo:
-    """Start the exchange, Slack and the bot in DIR and write DIR/runbook.toml; report if already up."""
+def up(directory: Path, seed: int = 7, startup_seconds: float = 1.5, shape: str = "default") -> SandboxInfo:
+    """Start the exchange, Slack and the bot in DIR and write DIR/runbook.toml; report if already up.
+
+    `shape` is the bot's: `default` (the documented contract) or `alt` (another dialect: plain-text logs,
+    other /health paths and words, a millisecond histogram, other config keys; see sandbox/bot.py)."""
+    if shape not in SHAPES:
+        raise SandboxError(f"unknown shape {shape!r}: one of {', '.join(SHAPES)}")
     directory = directory.resolve()
     state = _read_state(directory)
     if state is not None:
+        if state.get("shape", "default") != shape:
+            raise SandboxError(f"the sandbox in {directory} has the {state.get('shape', 'default')} shape; "
+                               f"run `runbook sandbox down --dir {directory}` first to start another")
         alive = {name: _component_pid(directory, state, name) is not None for name in MODULES}
         if all(alive.values()):
             return _info(directory, state, already_running=True)
@@ -99,7 +194,7 @@ def up(directory: Path, seed: int = 7, startup_seconds: float = 1.5) -> SandboxI
             raise SandboxError(f"the sandbox in {directory} is partly running ({down_parts} down); "
                                f"run `runbook sandbox down --dir {directory}` first")
     try:
-        return _start(directory, seed, startup_seconds)
+        return _start(directory, seed, startup_seconds, shape)
     except BaseException:
         if _read_state(directory) is not None:
             down(directory)
@@ -204,7 +299,7 @@ def fault(directory: Path, kind: str, params: dict[str, Any] | None = None) -> s
 # --- starting -------------------------------------------------------------------------------
 
 
-def _start(directory: Path, seed: int, startup_seconds: float) -> SandboxInfo:
+def _start(directory: Path, seed: int, startup_seconds: float, shape: str = "default") -> SandboxInfo:
     home = directory / "bot"
     for folder in (directory / "logs", directory / "reports", home / "config", home / "logs", home / "data"):
         folder.mkdir(parents=True, exist_ok=True)
@@ -226,6 +321,7 @@ def _start(directory: Path, seed: int, startup_seconds: float) -> SandboxInfo:
         "ports": {"exchange": exchange_port, "slack": slack_port, "health": health_port, "metrics": metrics_port,
                   "intake": intake_port},
         "urls": urls, "pids": {}, "account_address": master, "agent_address": agent.address.lower(),
+        "shape": shape,
     }
     _write_state(directory, state)
 
@@ -277,8 +373,9 @@ def _write_bot_config(home: Path, state: dict[str, Any], faults_file: Path, star
             "trade_interval_seconds": 3.0,
             "api_timeout_seconds": 10.0,
             "seed": state["seed"],
+            "shape": state.get("shape", "default"),
         },
-        **BOT_SECTIONS,
+        **(ALT_BOT_SECTIONS if state.get("shape") == "alt" else BOT_SECTIONS),
     }
     (home / "config" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
@@ -341,7 +438,7 @@ def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_tok
         f"account_address = {q(state['account_address'])}",
         f"key_file = {q(str(home / 'config' / 'agent_key.json'))}",
         "",
-    ])
+    ]) + (ALT_RUNBOOK_TOML + ALT_WATCH_PATTERNS if state.get("shape") == "alt" else "")
 
 
 def _toml(value: str | list[str]) -> str:

@@ -18,6 +18,9 @@ The runbook's recovery steps for "Daily Loss Limit Reached" map onto keys as fol
   docs/bot-contract.md) counts daily P&L from its own process start instead, so there the reset takes
   effect when a person restarts the bot to resume trading; the key records when and by whom (the
   journal) the reset was decided. Nothing here restarts the bot.
+
+Those key names are the bot contract's defaults: every path is `[bots.X.config_keys]` (a dotted path
+into the file), so a bot whose config names them otherwise is adapted by configuration.
 """
 
 from __future__ import annotations
@@ -35,16 +38,11 @@ from typing import Any
 
 from prefect import task
 
+from runbook.paths import dig
+from runbook.settings import BotConfigKeys
 from tasks import NO_CACHE_POLICY
 
-# (section, key) of every size the "reduce position sizes" step scales; absent keys are skipped.
-SIZE_KEYS: tuple[tuple[str, str], ...] = (
-    ("position_sizing", "base_size_usd"),
-    ("risk_management", "max_position_usd"),
-)
-RESET_KEY: tuple[str, str] = ("risk_limits", "daily_loss_reset_at")
-# The sections the runbook reads ("Check risk parameters"), in the order people expect them.
-RISK_SECTIONS: tuple[str, ...] = ("risk_limits", "risk_management", "position_sizing", "strategy")
+DEFAULT_KEYS = BotConfigKeys()
 BACKUP_STAMP = "%Y%m%d_%H%M%S"
 
 
@@ -64,22 +62,23 @@ class BotConfig:
     data: dict[str, Any]
     sha256: str
 
-    def get(self, section: str, key: str, default: Any = None) -> Any:
-        part = self.data.get(section)
-        return part.get(key, default) if isinstance(part, dict) else default
+    def get(self, path: str, default: Any = None) -> Any:
+        """The value at a dotted path (`risk_limits.daily_loss_limit_usd`), or `default` when absent."""
+        value = dig(self.data, path)
+        return default if value is None else value
 
-    def number(self, section: str, key: str) -> float | None:
+    def number(self, path: str) -> float | None:
         """A numeric setting, or None when it is absent or not a number."""
-        value = self.get(section, key)
+        value = self.get(path)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
         return float(value)
 
-    def risk_parameters(self) -> list[tuple[str, str, Any]]:
-        """(section, key, value) of every scalar in the risk sections, for the report's table."""
+    def risk_parameters(self, keys: BotConfigKeys = DEFAULT_KEYS) -> list[tuple[str, str, Any]]:
+        """(section, key, value) of every entry of the risk sections, for the report's table."""
         rows: list[tuple[str, str, Any]] = []
-        for section in RISK_SECTIONS:
-            part = self.data.get(section)
+        for section in keys.sections:
+            part = dig(self.data, section)
             if isinstance(part, dict):
                 rows.extend((section, key, value) for key, value in part.items())
         return rows
@@ -87,14 +86,9 @@ class BotConfig:
 
 @dataclass(frozen=True)
 class KeyChange:
-    section: str
-    key: str
+    path: str  # dotted, into the bot's config
     old: Any
     new: Any
-
-    @property
-    def path(self) -> str:
-        return f"{self.section}.{self.key}"
 
     def describe(self) -> str:
         old = "(unset)" if self.old is None else json.dumps(self.old)
@@ -156,12 +150,26 @@ def read_bot_config(path: Path) -> BotConfig:
     return read_config(path)
 
 
+def _set(data: dict[str, Any], path: str, value: Any) -> None:
+    """Write `value` at a dotted path, creating the objects on the way (refusing to replace a non-object)."""
+    *parents, last = path.split(".")
+    current = data
+    for part in parents:
+        if part not in current:
+            current[part] = {}
+        if not isinstance(current[part], dict):
+            raise BotConfigError(f"cannot write {path}: {part} holds {type(current[part]).__name__}, not an object")
+        current = current[part]
+    current[last] = value
+
+
 def propose_change(config: BotConfig, reduce_size_factor: float | None, reset_daily_counter: bool,
-                   now: datetime | None = None) -> ConfigChange:
+                   now: datetime | None = None, keys: BotConfigKeys = DEFAULT_KEYS) -> ConfigChange:
     """The runbook's recovery steps as a new config (pure: nothing is written).
 
-    `reduce_size_factor` (0 < f <= 1) scales every size in SIZE_KEYS, rounded to cents; None or 1 leaves
-    sizes alone. `reset_daily_counter` sets `risk_limits.daily_loss_reset_at` to `now` (UTC).
+    `reduce_size_factor` (0 < f <= 1) scales the base size and the position cap (`keys.base_size_usd`,
+    `keys.max_position_usd`; absent ones are skipped), rounded to cents; None or 1 leaves sizes alone.
+    `reset_daily_counter` sets `keys.daily_loss_reset_at` to `now` (UTC).
     """
     data = copy.deepcopy(config.data)
     changes: list[KeyChange] = []
@@ -169,24 +177,21 @@ def propose_change(config: BotConfig, reduce_size_factor: float | None, reset_da
         if isinstance(reduce_size_factor, bool) or not 0 < reduce_size_factor <= 1:
             raise ValueError(f"reduce_size_factor must be > 0 and <= 1 (a reduction), not {reduce_size_factor!r}")
         if reduce_size_factor < 1:
-            for section, key in SIZE_KEYS:
-                old = config.number(section, key)
+            for path in (keys.base_size_usd, keys.max_position_usd):
+                old = config.number(path)
                 if old is None:
                     continue
                 new = round(old * reduce_size_factor, 2)
                 if new <= 0:
-                    raise ValueError(f"{section}.{key} = {old:g} times {reduce_size_factor:g} rounds to 0")
-                data[section][key] = new
-                changes.append(KeyChange(section, key, config.get(section, key), new))
+                    raise ValueError(f"{path} = {old:g} times {reduce_size_factor:g} rounds to 0")
+                _set(data, path, new)
+                changes.append(KeyChange(path, config.get(path), new))
     if reset_daily_counter:
         moment = (now or datetime.now(UTC)).astimezone(UTC)
         stamp = moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-        section, key = RESET_KEY
-        if not isinstance(data.get(section), dict):
-            data[section] = {}
-        old = data[section].get(key)
-        data[section][key] = stamp
-        changes.append(KeyChange(section, key, old, stamp))
+        old = dig(data, keys.daily_loss_reset_at)
+        _set(data, keys.daily_loss_reset_at, stamp)
+        changes.append(KeyChange(keys.daily_loss_reset_at, old, stamp))
     return ConfigChange(config.sha256, data, changes)
 
 

@@ -21,6 +21,8 @@ from typing import Any, BinaryIO
 import stringzilla as sz
 from prefect import task
 
+from runbook.paths import dig
+from runbook.settings import LogFormat, Markers
 from tasks import NO_CACHE_POLICY
 
 try:  # Prefect's JSON library; the standard one if it is ever gone
@@ -32,38 +34,75 @@ MAX_LINE_CHARS = 2000  # what we keep of one line in a report
 _BLOCK = 64 * 1024
 
 
+_JSON = LogFormat()  # the bot contract's default: JSON lines with timestamp, level and message
+
+
 @dataclass
 class LogLine:
+    """One line of the bot's log, read the way its `LogFormat` says; `record` is None when the line does not
+    have that format (not JSON, or not matching the text pattern): then its message is the raw line."""
+
     raw: str
     record: dict[str, Any] | None
+    fmt: LogFormat = field(default_factory=LogFormat, repr=False)
+
+    def value_of(self, name: str) -> str | None:
+        """The line's timestamp, level or message as the format reads it (None when absent)."""
+        if self.record is None:
+            return None
+        value = self.record.get(name) if self.fmt.format == "text" else dig(self.record, getattr(self.fmt, f"{name}_field"))
+        return value if isinstance(value, str) else None
 
     @property
     def message(self) -> str:
-        if self.record is not None and isinstance(self.record.get("message"), str):
-            return _clip(self.record["message"])  # a 10 MB message must not reach a report either
-        return self.raw
+        value = self.value_of("message")
+        return _clip(value) if value is not None else self.raw  # a 10 MB message must not reach a report either
 
     @property
     def level(self) -> str | None:
-        value = self.record.get("level") if self.record else None
-        return value if isinstance(value, str) else None
+        return self.value_of("level")
 
     @property
     def timestamp(self) -> str | None:
-        value = self.record.get("timestamp") if self.record else None
-        return value if isinstance(value, str) else None
+        return self.value_of("timestamp")
+
+    @property
+    def when(self) -> datetime | None:
+        """The line's time (UTC), or None when it has none or it does not parse."""
+        return parse_time(self.timestamp, self.fmt)
 
 
-def parse_line(raw_bytes: bytes) -> LogLine:
+def parse_time(stamp: str | None, fmt: LogFormat = _JSON) -> datetime | None:
+    if stamp is None:
+        return None
+    try:
+        if fmt.timestamp_format:
+            moment = datetime.strptime(stamp, fmt.timestamp_format)
+        else:
+            moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _line_pattern(fmt: LogFormat) -> re.Pattern[str] | None:
+    return re.compile(fmt.line_pattern) if fmt.format == "text" and fmt.line_pattern else None
+
+
+def parse_line(raw_bytes: bytes, fmt: LogFormat = _JSON) -> LogLine:
     text = raw_bytes.decode("utf-8", errors="replace").rstrip("\r\n")
     record: dict[str, Any] | None = None
-    if text.startswith("{"):
+    pattern = _line_pattern(fmt)
+    if pattern is not None:
+        found = pattern.match(text)
+        record = found.groupdict() if found else None
+    elif text.startswith("{"):
         try:
             value = json.loads(text)
             record = value if isinstance(value, dict) else None
         except ValueError:
             record = None
-    return LogLine(raw=_clip(text), record=record)
+    return LogLine(raw=_clip(text), record=record, fmt=fmt)
 
 
 def _clip(text: str) -> str:
@@ -108,7 +147,7 @@ class LogTail:
 
 
 @task(name="read recent log lines", cache_policy=NO_CACHE_POLICY)
-def tail_log(path: Path, lines: int = 100) -> LogTail:
+def tail_log(path: Path, lines: int = 100, fmt: LogFormat = _JSON) -> LogTail:
     """Runbook: `tail -100 logs/trading_bot.log | jq '.message'`."""
     result = LogTail(path=str(path))
     try:
@@ -116,7 +155,7 @@ def tail_log(path: Path, lines: int = 100) -> LogTail:
     except OSError as error:
         result.error = unreadable(path, error)
         return result
-    result.lines = [parse_line(chunk) for chunk in raw]
+    result.lines = [parse_line(chunk, fmt) for chunk in raw]
     result.malformed = sum(1 for line in result.lines if line.record is None)
     return result
 
@@ -138,7 +177,8 @@ _VARYING = re.compile(r"0x[0-9a-fA-F]+|\d+(\.\d+)?")
 
 
 @task(name="scan log for error patterns", cache_policy=NO_CACHE_POLICY)
-def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int = 5) -> PatternScan:
+def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int = 5,
+             fmt: LogFormat = _JSON) -> PatternScan:
     """Runbook: `grep -i error logs/trading_bot_errors.log`, with the messages grouped and counted.
 
     Case-insensitive (ASCII, like `grep -i` in the C locale) literal match, line by line. Fast on big
@@ -147,6 +187,7 @@ def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int =
     """
     result = PatternScan(path=str(path), pattern=pattern)
     needle = pattern.encode().lower()
+    line_pattern = _line_pattern(fmt)
     exact: Counter[str] = Counter()  # messages as they are; folded into `groups` in batches
     groups: Counter[str] = Counter()
     last: deque[str] = deque(maxlen=max(keep_last, 0))
@@ -160,7 +201,7 @@ def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int =
     try:
         with open(path, "rb") as handle:
             for raw in _matching_lines(handle, needle, result):
-                message, is_record = _message_of(raw)
+                message, is_record = _message_of(raw, fmt, line_pattern)
                 result.matches += 1
                 if not is_record:
                     result.malformed += 1
@@ -176,11 +217,18 @@ def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int =
     return result
 
 
-def _message_of(raw: bytes) -> tuple[str, bool]:
-    """parse_line(raw).message and whether the line is a JSON object, faster: orjson (Prefect's own JSON
-    library) parses, and the standard parser decides whatever orjson refuses (NaN, lone surrogates), so
+def _message_of(raw: bytes, fmt: LogFormat = _JSON,
+                line_pattern: re.Pattern[str] | None = None) -> tuple[str, bool]:
+    """parse_line(raw, fmt).message and whether the line has the log's format, faster: orjson (Prefect's own
+    JSON library) parses, and the standard parser decides whatever orjson refuses (NaN, lone surrogates), so
     the answer is the same."""
     text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+    if line_pattern is not None:
+        found = line_pattern.match(text)
+        if found is None:
+            return _clip(text), False
+        message = found.group("message")
+        return _clip(message if isinstance(message, str) else text), True
     if text.startswith("{"):
         try:
             value = _fast_loads(text)
@@ -190,7 +238,7 @@ def _message_of(raw: bytes) -> tuple[str, bool]:
             except ValueError:
                 value = None
         if isinstance(value, dict):
-            message = value.get("message")
+            message = value.get(fmt.message_field) if "." not in fmt.message_field else dig(value, fmt.message_field)
             return _clip(message if isinstance(message, str) else text), True
     return _clip(text), False
 
@@ -271,25 +319,14 @@ def _whole_lines(handle: BinaryIO) -> Iterator[tuple[bytes | bytearray, int, int
 RECENT_MAX_LINES = 20000  # how far back from the end a "recent" read goes at most
 
 
-def _when(line: LogLine) -> datetime | None:
-    stamp = line.timestamp
-    if stamp is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def recent_lines(path: Path, since: datetime,
+def recent_lines(path: Path, since: datetime, fmt: LogFormat = _JSON,
                  max_lines: int = RECENT_MAX_LINES) -> tuple[list[LogLine], datetime | None]:
     """Lines stamped at or after `since` among the last `max_lines`, and the oldest stamp read.
 
     Undated lines are skipped (they cannot be placed in the window). Raises OSError like `open`.
     """
-    lines = [parse_line(chunk) for chunk in tail_bytes(path, max_lines)]
-    dated = [(moment, line) for line in lines if (moment := _when(line)) is not None]
+    lines = [parse_line(chunk, fmt) for chunk in tail_bytes(path, max_lines)]
+    dated = [(moment, line) for line in lines if (moment := line.when) is not None]
     oldest = dated[0][0] if dated else None
     return [line for moment, line in dated if moment >= since], oldest
 
@@ -312,13 +349,14 @@ class RecentMatches:
 
 
 @task(name="count recent log lines", cache_policy=NO_CACHE_POLICY)
-def recent_matches(path: Path, pattern: str, since: datetime, keep_last: int = 10) -> RecentMatches:
+def recent_matches(path: Path, pattern: str, since: datetime, keep_last: int = 10,
+                   fmt: LogFormat = _JSON) -> RecentMatches:
     """Runbook `grep "rate limit" logs/trading_bot.log`, `grep "API CALL" ... | tail -20`, `grep "auth"
     logs/trading_bot_errors.log | tail -10` — restricted to the lines stamped since `since`, with a rate."""
     result = RecentMatches(path=str(path), pattern=pattern, since=since)
     needle = re.compile(pattern, re.IGNORECASE)
     try:
-        lines, oldest = recent_lines(path, since)
+        lines, oldest = recent_lines(path, since, fmt)
     except OSError as error:
         result.error = unreadable(path, error)
         return result
@@ -331,7 +369,7 @@ def recent_matches(path: Path, pattern: str, since: datetime, keep_last: int = 1
         named = found.groupdict().get("endpoint") or (found.group(1) if found.re.groups else None)
         if named:
             groups[named] += 1
-        hits.append((_when(line) or since, line.message))
+        hits.append((line.when or since, line.message))
     result.matches = len(hits)
     # The rate is over the window the log covers: a log younger than the window covers less of it.
     start = max(since, oldest) if oldest else since
@@ -393,15 +431,17 @@ class ReconnectHistory:
 
 
 @task(name="read websocket log lines", cache_policy=NO_CACHE_POLICY)
-def reconnect_history(path: Path, since: datetime, websocket_pattern: str, reconnect_pattern: str,
+def reconnect_history(path: Path, since: datetime, markers: Markers, fmt: LogFormat = _JSON,
                       keep_last: int = 20) -> ReconnectHistory:
     """Runbook `grep websocket logs/trading_bot.log | tail -20`: the lines, plus the reconnect attempts
     since `since` (the pattern's `attempt` and `delay` groups when it has them) and their spacing."""
     result = ReconnectHistory(path=str(path))
-    websocket = re.compile(websocket_pattern, re.IGNORECASE)
-    attempt = re.compile(reconnect_pattern, re.IGNORECASE)
+    websocket = re.compile(markers.websocket, re.IGNORECASE)
+    attempt = re.compile(markers.reconnect, re.IGNORECASE)
+    disconnect = re.compile(markers.disconnect, re.IGNORECASE)
+    connected = re.compile(markers.connected, re.IGNORECASE)
     try:
-        lines, _ = recent_lines(path, since)
+        lines, _ = recent_lines(path, since, fmt)
     except OSError as error:
         result.error = unreadable(path, error)
         return result
@@ -409,20 +449,19 @@ def reconnect_history(path: Path, since: datetime, websocket_pattern: str, recon
         message = line.message
         if not websocket.search(message):
             continue
-        when = _when(line)
+        when = line.when
         assert when is not None  # recent_lines keeps dated lines only
         result.lines.append((when.isoformat(timespec="seconds"), message))
         found = attempt.search(message)
-        lowered = message.lower()
         if found is not None:
             groups = found.groupdict()
             number = int(groups["attempt"]) if groups.get("attempt") else None
             delay = float(groups["delay"]) if groups.get("delay") else None
             result.attempts.append((when, number, delay))
-        elif "disconnect" in lowered or "lost" in lowered or "closed" in lowered:
+        elif disconnect.search(message):
             result.last_disconnect, result.attempts = when, []
             result.outages += 1
-        elif "connected" in lowered or "reconnected" in lowered:
+        elif connected.search(message):
             result.last_connect = when
     result.lines = result.lines[-keep_last:]
     return result

@@ -15,21 +15,11 @@ import httpx
 from prefect import task
 from prometheus_client.parser import text_string_to_metric_families
 
-from runbook.settings import BotSettings, HealthFields
+from runbook.paths import dig
+from runbook.settings import BotSettings, HealthFields, MetricNames
 from tasks import NO_CACHE_POLICY
 
-_MISSING = object()
-
-
-def dig(document: Any, dotted: str) -> Any:
-    """`dig({"a": {"b": 1}}, "a.b") == 1`; None when any part of the path is absent."""
-    current = document
-    for part in dotted.split("."):
-        if isinstance(current, dict) and part in current:
-            current = current[part]
-        else:
-            return None
-    return current
+__all__ = ["dig"]  # re-exported: the flows read /health through this module
 
 
 @dataclass
@@ -169,12 +159,6 @@ def number(value: Any) -> float | None:
         return None
 
 
-def health_field(fields: HealthFields, name: str, default: str) -> str:
-    """A /health path from config when the settings define it, else the bot contract's default path."""
-    value = getattr(fields, name, None)
-    return value if isinstance(value, str) else default
-
-
 def breaker_state(health: HealthReport, fields: HealthFields) -> tuple[bool, str | None]:
     """(tripped, reason): the bot halted itself — status "stopped", or the breaker flag in /health.
 
@@ -182,9 +166,7 @@ def breaker_state(health: HealthReport, fields: HealthFields) -> tuple[bool, str
     exchange is unreachable even though its breaker has tripped.
     """
     body = health.body or {}
-    reason_path = health_field(fields, "circuit_breaker_reason",
-                               fields.circuit_breaker.rsplit(".", 1)[0] + ".reason")
-    reason = dig(body, reason_path)
+    reason = dig(body, fields.circuit_breaker_reason)
     tripped = health.halted or dig(body, fields.circuit_breaker) is True
     return tripped, reason if isinstance(reason, str) and reason else None
 
@@ -244,12 +226,13 @@ class LatencyDistribution:
         return lower
 
 
-def _latency_from_text(text: str, url: str, metric: str) -> LatencyDistribution:
+def _latency_from_text(text: str, url: str, names: MetricNames) -> LatencyDistribution:
+    metric = names.latency
     reading = LatencyDistribution(url=url, metric=metric)
+    scale = names.latency_scale
     for family in text_string_to_metric_families(text):
-        if not family.name.startswith(metric) or family.type not in ("histogram", "summary"):
+        if family.name != metric or family.type not in ("histogram", "summary"):
             continue
-        scale = 0.001 if family.name.endswith(("_milliseconds", "_ms")) else 1.0
         reading.kind, reading.family = family.type, family.name
         buckets: dict[float, float] = {}
         for sample in family.samples:
@@ -269,19 +252,21 @@ def _latency_from_text(text: str, url: str, metric: str) -> LatencyDistribution:
     return reading
 
 
-def read_latency_once(bot: BotSettings, metric: str) -> LatencyDistribution:
+def read_latency_once(bot: BotSettings) -> LatencyDistribution:
+    metric = bot.metrics.latency
     try:
         response = httpx.get(bot.metrics_url, timeout=bot.probe_timeout_seconds)
         response.raise_for_status()
     except httpx.HTTPError as error:
         return LatencyDistribution(url=bot.metrics_url, metric=metric, error=f"{type(error).__name__}: {error}")
     try:
-        return _latency_from_text(response.text, bot.metrics_url, metric)
+        return _latency_from_text(response.text, bot.metrics_url, bot.metrics)
     except (ValueError, TypeError, IndexError, KeyError) as error:
         return LatencyDistribution(url=bot.metrics_url, metric=metric, error=f"metrics text is malformed: {error}")
 
 
 @task(name="read request-duration metric", cache_policy=NO_CACHE_POLICY)
-def read_latency(bot: BotSettings, metric: str) -> LatencyDistribution:
-    """Runbook `curl http://localhost:8000 | grep api_request_duration`, as a distribution."""
-    return read_latency_once(bot, metric)
+def read_latency(bot: BotSettings) -> LatencyDistribution:
+    """Runbook `curl http://localhost:8000 | grep api_request_duration`, as a distribution (the configured
+    metric, in its configured unit, read in seconds)."""
+    return read_latency_once(bot)

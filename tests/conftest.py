@@ -32,7 +32,8 @@ for _key in ("PREFECT_API_URL", "PREFECT_UI_URL"):
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[LocalServer]:
-    server = start_server(_SERVER_HOME, port=_SERVER_PORT, exact_port=True)
+    # Generous: on a loaded machine the server takes minutes to answer its first health check.
+    server = start_server(_SERVER_HOME, port=_SERVER_PORT, exact_port=True, timeout_seconds=240)
     try:
         yield server
     finally:
@@ -57,7 +58,7 @@ def sandbox(tmp_path: Path, prefect_server: LocalServer) -> Iterator[Path]:
 
 
 @contextmanager
-def running_sandbox(directory: Path) -> Iterator[Path]:
+def running_sandbox(directory: Path, shape: str = "default") -> Iterator[Path]:
     """A sandbox for a whole module (starting one costs seconds), stopped afterwards whatever happens.
 
     Queued Prefect events are sent first, while the session server is still up: left to interpreter
@@ -66,7 +67,7 @@ def running_sandbox(directory: Path) -> Iterator[Path]:
 
     from sandbox import manager
 
-    manager.up(directory, startup_seconds=0.5)
+    manager.up(directory, startup_seconds=0.5, shape=shape)
     try:
         yield directory
     finally:

@@ -19,6 +19,7 @@ from runbook import journal as j
 from runbook.journal import Journal
 from runbook.settings import load_settings
 from sandbox import manager
+from runbook.settings import MetricNames
 from tasks.probes import _latency_from_text
 from conftest import running_sandbox
 
@@ -111,7 +112,7 @@ def test_percentiles_come_from_the_histogram_over_the_window() -> None:
                 f'api_request_duration_seconds_bucket{{endpoint="a",le="+Inf"}} {counts[2]}\n'
                 f'api_request_duration_seconds_count{{endpoint="a"}} {counts[2]}\n'
                 f'api_request_duration_seconds_sum{{endpoint="a"}} {total}\n')
-        return _latency_from_text(text, "http://x/metrics", "api_request_duration")
+        return _latency_from_text(text, "http://x/metrics", MetricNames())
 
     before = reading((100, 100, 100), 10.0)  # 100 fast requests before the window
     after = reading((100, 110, 120), 60.0)  # then 10 in (0.5, 2.5] and 10 above 2.5 s

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.logs import MAX_LINE_CHARS, scan_log, tail_bytes, tail_log
+from datetime import timedelta
+
+from runbook.settings import LogFormat, Markers
+from tasks.logs import MAX_LINE_CHARS, recent_matches, reconnect_history, scan_log, tail_bytes, tail_log
 
 
 def write_log(path: Path, lines: list[bytes]) -> Path:
@@ -104,3 +107,46 @@ def test_scan_in_blocks_finds_what_a_line_by_line_scan_finds(tmp_path: Path, mon
     grep = subprocess.run(["grep", "-a", "-c", "-i", "-F", "error", str(path)], capture_output=True, text=True,
                           env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
     assert scan_log.fn(path, "error").matches == int(grep.stdout) > 0
+
+
+TEXT = LogFormat(format="text", timestamp_format="%Y-%m-%d %H:%M:%S.%f",
+                 line_pattern=r"^(?P<timestamp>\S+ \S+) (?P<level>[A-Z]+) +\[[^\]]*\] (?P<message>.*)$")
+
+
+def test_plain_text_lines_are_read_with_the_configured_pattern(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    stamp = now.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    path = write_log(tmp_path / "t.log", [
+        f"{stamp} WARN  [bot.ws] feed down (fault)".encode(),
+        f"{stamp} WARN  [bot.ws] feed retry #1, next in 1 s".encode(),
+        b"a traceback line without the format",
+        f"{stamp} ERROR [bot] throttled by exchange on order".encode(),
+    ])
+    tail = tail_log.fn(path, 10, TEXT)
+    assert [line.message for line in tail.lines] == [
+        "feed down (fault)", "feed retry #1, next in 1 s", "a traceback line without the format",
+        "throttled by exchange on order"]
+    assert tail.malformed == 1 and tail.lines[0].level == "WARN"
+    assert tail.lines[0].when is not None and abs((tail.lines[0].when - now).total_seconds()) < 1
+    scan = scan_log.fn(path, "throttled", fmt=TEXT)
+    assert scan.matches == 1 and scan.last_matches == ["throttled by exchange on order"] and scan.malformed == 0
+    since = now.replace(microsecond=0) - timedelta(seconds=5)
+    limits = recent_matches.fn(path, "throttled", since, fmt=TEXT)
+    assert limits.matches == 1
+    markers = Markers(websocket="^feed ", reconnect=r"feed retry #(?P<attempt>\d+), next in (?P<delay>[\d.]+) s",
+                      disconnect="feed down", connected="feed up")
+    history = reconnect_history.fn(path, since, markers, TEXT)
+    assert history.outages == 1 and [(n, d) for _, n, d in history.attempts] == [(1, 1.0)] and history.reconnecting
+    # Read as JSON (the default format), the same file has no dated line: nothing recent at all.
+    assert recent_matches.fn(path, "throttled", since).matches == 0
+
+
+def test_json_field_names_are_configurable(tmp_path: Path) -> None:
+    path = write_log(tmp_path / "j.log", [json.dumps({"ts": "2026-11-25T00:00:00Z", "sev": "INFO",
+                                                      "log": {"msg": "API CALL allMids 12ms"}}).encode()])
+    fmt = LogFormat(timestamp_field="ts", level_field="sev", message_field="log.msg")
+    [line] = tail_log.fn(path, 5, fmt).lines
+    assert (line.message, line.level, line.timestamp) == ("API CALL allMids 12ms", "INFO", "2026-11-25T00:00:00Z")
+    assert scan_log.fn(path, "api call", fmt=fmt).last_matches == ["API CALL allMids 12ms"]

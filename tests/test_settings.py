@@ -126,3 +126,29 @@ def test_choosing_a_bot(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no bot named 'gamma'"):
         settings.bot("gamma")
     assert settings.bot("beta")[0] == "beta"
+
+
+@pytest.mark.parametrize("section, line, named", [
+    ("markers", "trade_exit = 'TRADE EXIT (?P<coin>'", "bots.alpha.markers.trade_exit: Value error, not a regular expression"),
+    ("markers", "trade_exit = 'closed (?P<coin>\\S+)'", "bots.alpha.markers.trade_exit: Value error, the pattern lacks"),
+    ("logs", "format = 'text'", "bots.alpha.logs: Value error, format = \"text\" needs line_pattern"),
+    ("logs", "format = 'text'\nline_pattern = '(?P<timestamp>\\S+) (?P<message>.*)'",
+     "bots.alpha.logs.line_pattern: Value error, the pattern lacks the named group(s) (?P<level>...)"),
+    ("fields", "daily_pnl = 'stats..today'", "bots.alpha.fields.daily_pnl: Value error, 'stats..today' is not a dotted path"),
+    ("config_keys", "stop_loss_pct = 'risk. stop'", "bots.alpha.config_keys.stop_loss_pct: Value error"),
+    ("metrics", "latency = 'exchange latency'", "bots.alpha.metrics.latency: Value error, 'exchange latency' is not a"),
+    ("metrics", "latency_unit = 'minutes'", "bots.alpha.metrics.latency_unit: Input should be 'seconds' or 'milliseconds'"),
+])
+def test_a_bad_bot_shape_is_named_before_anything_runs(tmp_path: Path, section: str, line: str, named: str) -> None:
+    text = GOOD.replace('status = "state"', f'status = "state"\n{line}') if section == "fields" else \
+        GOOD.replace("[bots.beta]", f"[bots.alpha.{section}]\n{line}\n\n[bots.beta]")
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, text.replace("{tmp}", str(tmp_path)).replace("{", "{{").replace("}", "}}")))
+    assert named in str(error.value), str(error.value)
+
+
+def test_a_bad_watch_pattern_is_named(tmp_path: Path) -> None:
+    text = GOOD + "\n[watch.log_patterns]\nstop-loss-review = 'closed ('\n"
+    with pytest.raises(ConfigError) as error:
+        load_settings(write(tmp_path, text.replace("{tmp}", str(tmp_path)).replace("{", "{{").replace("}", "}}")))
+    assert "watch.log_patterns: Value error, stop-loss-review: not a regular expression" in str(error.value)

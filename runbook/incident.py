@@ -7,22 +7,36 @@ artifact and a file. Flows use it so that they can read like their runbook secti
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger
+from prefect import Flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import FlowRun
 from prefect.context import get_run_context
 from prefect.settings import PREFECT_UI_URL
+from prefect.states import Failed, State
 
 from runbook import journal as j
-from runbook.alerts import ESCALATION_LEVELS, Alert, get_alert
+from runbook.alerts import ESCALATION_LEVELS, Alert, Severity, get_alert
 from runbook.journal import Journal, utcnow
 from runbook.redact import redact
 from runbook.settings import BotSettings, Settings, load_settings, resolve_secret
-from tasks.notify import AlertNotice, notify
+from tasks.notify import AlertNotice, notify, post_notice
+from tasks.oncall import notify_people, page_people
+
+# The Prefect state a run ends in when its incident escalated, failed or stayed unresolved: of type
+# FAILED, so the UI and the API never show such a run green.
+ESCALATED_STATE = "Escalated"
+# Every remediation flow's deadline: the longest approval pause (policy.approval_timeout_seconds, 900 s
+# by default) plus the work around it.
+FLOW_TIMEOUT_SECONDS = 1800.0
+_ROLES = {name: role for name, role, _ in ESCALATION_LEVELS}
 
 
 @dataclass
@@ -113,15 +127,30 @@ class IncidentRun:
         self.journal.start_response(self.incident_id, self.flow_run_id)
 
     def tell(self, status: str, description: str, next_steps: list[str], mention_level: str | None = None) -> None:
+        """The incident's news in its Slack thread, and to the people `[oncall]` routes its severity to.
+
+        People are paged when the incident opens (L1) and when it escalates (that level). INFO is not posted
+        one by one: its outcome becomes a line of the daily digest."""
         incident = self.journal.get(self.incident_id)
-        mention = self.settings.slack.escalation.get(mention_level) if mention_level else None
+        severity = self.alert.severity.value
+        if self.alert.severity is Severity.INFO:
+            if status in ("RESOLVED", "ESCALATED"):
+                notify_people(self.settings.oncall, self.settings.journal_url, self.incident_id, severity,
+                              f"{self.alert.title} on {self.bot_name}: {self._redact(description)}", "",
+                              status=status)
+            return
+        level = mention_level or "L1"
         notice = AlertNotice(
-            alert_type=self.alert.title, severity=self.alert.severity.value, timestamp=incident.fired_at,
+            alert_type=self.alert.title, severity=severity, timestamp=incident.fired_at,
             description=f"{description} (bot {self.bot_name}, incident #{self.incident_id})",
             impact=self.alert.impact, status=status, actions_taken=list(self.actions_taken),
-            next_steps=next_steps, mention=mention,
+            next_steps=next_steps, mention=mention_for(self.settings, mention_level) if mention_level else None,
         )
         notify(self.settings.slack, self.settings.journal_url, self.incident_id, notice)
+        if status in ("OPEN", "ESCALATED"):
+            notify_people(self.settings.oncall, self.settings.journal_url, self.incident_id, severity,
+                          page_subject(severity, status, self.alert.title, self.bot_name, self.incident_id, level),
+                          self._redact(notice.render()), level=level, status=status)
 
     # -- endings ---------------------------------------------------------------------------------
 
@@ -132,7 +161,7 @@ class IncidentRun:
         return self._finish()
 
     def escalate(self, level: str, summary: str, next_steps: list[str], outcome: str = j.OUTCOME_ESCALATED) -> Outcome:
-        who = dict((name, role) for name, role, _ in ESCALATION_LEVELS)[level]
+        who = _ROLES[level]
         self.journal.escalate(self.incident_id, level, self._redact(summary), outcome=outcome)
         self.note(f"escalated to {level} ({who}): {summary}")
         self.tell("ESCALATED", f"{summary} Escalated to {level} ({who}).", next_steps, mention_level=level)
@@ -190,8 +219,116 @@ class IncidentRun:
         )
 
     def _redact(self, text: str) -> str:
-        try:
-            token = resolve_secret(self.settings.slack.token, None)
-        except Exception:
-            token = None
-        return redact(text, [token])
+        return redact(text, secrets_of(self.settings))
+
+
+def secrets_of(settings: Settings) -> list[str | None]:
+    """What must never be shown: the Slack token and every people channel URL."""
+    try:
+        token = resolve_secret(settings.slack.token, None)
+    except Exception:
+        token = None
+    return [token, *settings.oncall.secrets()]
+
+
+def mention_for(settings: Settings, level: str) -> str | None:
+    """Slack mentions of a level: its contacts' Slack ids from `[oncall]`, else `[slack.escalation]`."""
+    ids = [f"<@{c.slack_id}>" for c in settings.oncall.contacts(level) if c.slack_id]
+    return " ".join(ids) if ids else settings.slack.escalation.get(level)
+
+
+def page_subject(severity: str, status: str, title: str, bot: str, incident_id: int, level: str) -> str:
+    return f"[{severity}] {status} {level}: {title} on {bot} (incident #{incident_id})"
+
+
+def escalate_incident(settings: Settings, incident_id: int, level: str, text: str, next_steps: list[str], *,
+                      close_as: str | None = None) -> None:
+    """Escalate an incident from outside its flow (the watcher's clock, a run that died): journal it, post
+    it in the thread with that level's mentions, and page that level's people. Never raises past the journal.
+
+    `close_as` marks the incident escalated with that outcome (a dead run); otherwise only its level rises."""
+    journal = Journal(settings.journal_url)
+    incident = journal.get(incident_id)
+    alert = get_alert(incident.alert)
+    text = redact(text, secrets_of(settings))
+    if close_as is not None:
+        journal.escalate(incident_id, level, text, outcome=close_as)
+    else:
+        journal.update(incident_id, escalation_level=level)
+    journal.record_action(incident_id, incident.bot, "escalate", text)
+    notice = AlertNotice(
+        alert_type=alert.title, severity=alert.severity.value, timestamp=incident.fired_at,
+        description=f"{incident.summary} (bot {incident.bot}, incident #{incident.id}) — {text}",
+        impact=alert.impact, status="ESCALATED", next_steps=next_steps, mention=mention_for(settings, level),
+    )
+    post_notice(settings.slack, settings.journal_url, incident_id, notice)
+    page_people(settings.oncall, settings.journal_url, incident_id, alert.severity.value,
+                page_subject(alert.severity.value, "ESCALATED", alert.title, incident.bot, incident_id, level),
+                redact(notice.render(), secrets_of(settings)), level=level, status="ESCALATED")
+
+
+# -- flows that tell the truth ------------------------------------------------------------------
+
+
+def escalate_dead_run(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
+    """`on_failure` / `on_crashed` hook: a run that died (exception, timeout, killed worker) leaves its incident
+    escalated, journaled and announced, never open and silent. A run that escalated by itself is left alone."""
+    log = logging.getLogger("runbook.incident")
+    if state.name == ESCALATED_STATE:
+        return
+    params = flow_run.parameters or {}
+    try:
+        settings = load_settings(params.get("config"))
+        journal = Journal(settings.journal_url)
+        incident = (journal.get(int(params["incident_id"])) if params.get("incident_id") is not None
+                    else journal.incident_for_flow_run(str(flow_run.id)))
+        if incident is None or incident.status != j.OPEN:
+            return
+        reason = f"{state.name}: {state.message}" if state.message else state.name
+        escalate_incident(
+            settings, incident.id, "L2",
+            f"the remediation run {flow_run.name} ({flow_run.id}) ended {reason}; nobody is acting on this incident",
+            [f"{_ROLES['L2']}: take over incident #{incident.id}; the run's logs are in the Prefect UI"],
+            close_as=j.FAILED,
+        )
+        log.warning("incident #%s escalated to L2: run %s ended %s", incident.id, flow_run.id, state.name)
+    except Exception:  # noqa: BLE001 - a hook must not raise; the watcher still sees the incident open
+        log.exception("could not escalate the incident of run %s", flow_run.id)
+
+
+class IncidentFlow(Flow[..., Any]):
+    """A remediation flow whose run ends `Escalated` (type FAILED) when its incident is not resolved.
+
+    Called directly (tests, `runbook run`) it still returns the `Outcome`, so exit codes stay as they were."""
+
+    def __call__(self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any) -> Any:
+        state = super().__call__(*args, return_state=True, wait_for=wait_for, **kwargs)
+        if return_state:
+            return state
+        if state.is_failed() and state.name == ESCALATED_STATE:
+            return state.result(raise_on_failure=False)
+        return state.result()
+
+
+def truthful(outcome: Any) -> Any:
+    """The Outcome as the run's final state: Escalated (FAILED) when the problem remains."""
+    if isinstance(outcome, Outcome) and outcome.problem_remains:
+        return Failed(name=ESCALATED_STATE, data=outcome,
+                      message=f"incident #{outcome.incident_id} {outcome.status} ({outcome.outcome}): {outcome.summary}"[:500])
+    return outcome
+
+
+def incident_flow(*, name: str, description: str, timeout_seconds: float = FLOW_TIMEOUT_SECONDS,
+                  **options: Any) -> Callable[[Callable[..., Any]], IncidentFlow]:
+    """`@flow` for a remediation: a deadline for the whole run, hooks that escalate the incident of a run that
+    dies, and a final state that says whether the incident was resolved."""
+
+    def decorate(fn: Callable[..., Any]) -> IncidentFlow:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return truthful(fn(*args, **kwargs))
+
+        return IncidentFlow(run, name=name, description=description, timeout_seconds=timeout_seconds,
+                            on_failure=[escalate_dead_run], on_crashed=[escalate_dead_run], **options)
+
+    return decorate

@@ -27,7 +27,7 @@ from runbook.alerts import ESCALATION_LEVELS, Alert, Severity, get_alert
 from runbook.journal import Journal, utcnow
 from runbook.redact import redact
 from runbook.settings import BotSettings, Settings, load_settings, resolve_secret
-from tasks.notify import AlertNotice, notify, post_notice
+from tasks.notify import AlertNotice, StakeholderUpdate, notify, notify_stakeholders, post_notice
 from tasks.oncall import notify_people, page_people
 
 # The Prefect state a run ends in when its incident escalated, failed or stayed unresolved: of type
@@ -84,6 +84,10 @@ class IncidentRun:
     timeline: list[tuple[datetime, str]] = field(default_factory=list)
     evidence: dict[str, str] = field(default_factory=dict)
     actions_taken: list[str] = field(default_factory=list)
+    # What keeps it from happening again (the runbook section's "Prevention"); flows may set it. It goes into
+    # the stakeholder update at resolution and the post-incident review.
+    prevention: str = "to be decided from the post-incident review's follow-ups"
+    review_path: Path | None = None
 
     @classmethod
     def open(cls, alert_key: str, bot: str | None, config: str | None, incident_id: int | None = None,
@@ -147,6 +151,8 @@ class IncidentRun:
             next_steps=next_steps, mention=mention_for(self.settings, mention_level) if mention_level else None,
         )
         notify(self.settings.slack, self.settings.journal_url, self.incident_id, notice)
+        if status == "OPEN":
+            self._tell_stakeholders(incident)
         if status in ("OPEN", "ESCALATED"):
             notify_people(self.settings.oncall, self.settings.journal_url, self.incident_id, severity,
                           page_subject(severity, status, self.alert.title, self.bot_name, self.incident_id, level),
@@ -157,7 +163,12 @@ class IncidentRun:
     def resolve(self, outcome: str, summary: str) -> Outcome:
         self.journal.resolve(self.incident_id, outcome, self._redact(summary))
         self.note(f"resolved ({outcome}): {summary}")
-        self.tell("RESOLVED", summary, ["review the incident report"] if outcome != j.FALSE_POSITIVE else [])
+        steps = ["review the incident report"] if outcome != j.FALSE_POSITIVE else []
+        if self.alert.severity in (Severity.CRITICAL, Severity.EMERGENCY):
+            self.review_path = self._write_review(self.journal.get(self.incident_id))
+            steps.append(f"post-incident review: {self.review_path}")
+        self.tell("RESOLVED", summary, steps)
+        self._tell_stakeholders(self.journal.get(self.incident_id))
         return self._finish()
 
     def escalate(self, level: str, summary: str, next_steps: list[str], outcome: str = j.OUTCOME_ESCALATED) -> Outcome:
@@ -165,7 +176,74 @@ class IncidentRun:
         self.journal.escalate(self.incident_id, level, self._redact(summary), outcome=outcome)
         self.note(f"escalated to {level} ({who}): {summary}")
         self.tell("ESCALATED", f"{summary} Escalated to {level} ({who}).", next_steps, mention_level=level)
+        self._tell_stakeholders(self.journal.get(self.incident_id))
         return self._finish()
+
+    # -- stakeholders and the post-incident review (CRITICAL and EMERGENCY) ------------------------
+
+    def _tell_stakeholders(self, incident: j.Incident) -> None:
+        """The runbook's stakeholder template, filled from the journal: at open (once per incident) and when
+        the run ends (resolved, or escalated and still being worked on)."""
+        if self.alert.severity not in (Severity.CRITICAL, Severity.EMERGENCY):
+            return
+        opening = incident.status == j.OPEN
+        if opening and any(n.status_line == "STAKEHOLDER" for n in incident.notifications):
+            return
+        end = incident.resolved_at or utcnow()
+        minutes = (end - incident.fired_at).total_seconds() / 60
+        if incident.status == j.RESOLVED:
+            duration, status = f"{minutes:.0f} min ({incident.fired_at:%H:%M}-{end:%H:%M} UTC)", f"operational (resolved: {incident.outcome})"
+        elif incident.status == j.ESCALATED:
+            duration = f"{minutes:.0f} min so far (since {incident.fired_at:%H:%M} UTC), ongoing"
+            status = f"degraded: escalated to {incident.escalation_level} ({_ROLES.get(incident.escalation_level or '', '')}), being worked on"
+        else:
+            duration, status = f"began {incident.fired_at:%Y-%m-%d %H:%M} UTC, ongoing", "under investigation"
+        contacts = self.settings.oncall.contacts("L1")
+        update = StakeholderUpdate(
+            severity=incident.severity,
+            brief_description=f"{self.alert.title} on bot {self.bot_name}, incident #{incident.id}",
+            impact_on_trading=self.alert.impact, downtime_duration=duration,
+            identified_cause="under investigation" if opening else incident.summary,
+            steps_taken=[f"{a.at:%H:%M:%S} {a.description}" for a in incident.actions],
+            preventive_measures=self.prevention + (f" (review: {self.review_path})" if self.review_path else ""),
+            status=status,
+            on_call_engineer=contacts[0].name if contacts else (self.settings.slack.escalation.get("L1") or "the on-call engineer"),
+        )
+        notify_stakeholders(self.settings.slack, self.settings.journal_url, self.incident_id, update)
+
+    def _write_review(self, incident: j.Incident) -> Path:
+        """The post-incident review beside the incident report: timeline, detection, actions with times, root
+        cause as found, prevention, follow-ups."""
+        actions = "\n".join(f"| {a.at:%H:%M:%S} | {a.step} | {'ok' if a.ok else 'FAILED'}{' (dry-run)' if a.dry_run else ''} "
+                            f"| {a.description.replace('|', '/')} |" for a in incident.actions) or "| | | | none |"
+        timeline = "\n".join(f"| {at:%H:%M:%S} | {text.replace('|', '/')} |" for at, text in self.timeline)
+        missed = [d for d in self.journal.deliveries(incident.id) if d.channel != j.DIGEST and not d.delivered]
+        follow_ups = [f"confirm the prevention below is in place for {self.alert.title}"]
+        if incident.repeat_count:
+            follow_ups.append(f"the alert repeated {incident.repeat_count} time(s) while open: check its threshold")
+        if missed:
+            follow_ups.append(f"{len(missed)} page(s) never reached a person: check the [oncall] channels")
+        if any(not a.ok for a in incident.actions):
+            follow_ups.append("some actions failed: see the table above")
+        response = (f"{(incident.response_started_at - incident.fired_at).total_seconds():.0f} s after it fired"
+                    if incident.response_started_at else "no automated response recorded")
+        text = (
+            f"# Post-incident review: incident #{incident.id}, {self.alert.title}\n\n"
+            f"Bot {incident.bot}, severity {incident.severity}, outcome **{incident.outcome}**, fired "
+            f"{j._iso(incident.fired_at)}, resolved {j._iso(incident.resolved_at) or '-'}.\n\n"
+            f"## Detection\n\nFired at {j._iso(incident.fired_at)} ({self.alert.condition}); repeats while open: "
+            f"{incident.repeat_count}. Response started {response}.\n\n"
+            f"## Timeline (UTC)\n\n| time | event |\n|---|---|\n{timeline}\n\n"
+            f"## Actions\n\n| time | step | result | description |\n|---|---|---|---|\n{actions}\n\n"
+            f"## Root cause (as found)\n\n{incident.summary}\n\n"
+            f"## Prevention\n\n{self.prevention}\n\n"
+            f"## Follow-ups\n\n" + "\n".join(f"- [ ] {item}" for item in follow_ups) + "\n"
+        )
+        folder = self.settings.reports_dir / "incidents"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"incident-{incident.id}-review.md"
+        path.write_text(self._redact(text))
+        return path
 
     def _finish(self) -> Outcome:
         incident = self.journal.get(self.incident_id)
@@ -202,6 +280,12 @@ class IncidentRun:
             f"| {n.at.strftime('%H:%M:%S')} | {n.status_line} | {'delivered' if n.delivered else 'NOT delivered: ' + (n.error or '')} |"
             for n in incident.notifications
         ) or "| | | none |"
+        pages = "\n".join(
+            f"| {d.at:%H:%M:%S} | {d.channel} | {d.level} {d.contact} | {d.status_line} | "
+            + ("kept for the daily digest" if d.channel == j.DIGEST else "delivered" if d.delivered
+               else f"NOT delivered after {d.attempts} attempt(s): {(d.error or '').replace('|', '/')}") + " |"
+            for d in self.journal.deliveries(incident.id)
+        ) or "| | | | | none |"
         evidence = "\n\n".join(f"### {title}\n\n{body}" for title, body in self.evidence.items()) or "_none_"
         return (
             f"# Incident #{incident.id}: {self.alert.title}\n\n"
@@ -212,10 +296,12 @@ class IncidentRun:
             f"| Resolved | {j._iso(incident.resolved_at) or '-'} |\n| Escalation | {incident.escalation_level or '-'} |\n"
             f"| Repeats | {incident.repeat_count} |\n| Flow run | {self.flow_run_id or '-'} |\n\n"
             f"**Summary:** {incident.summary}\n\n"
-            f"## Timeline (UTC)\n\n| time | event |\n|---|---|\n{rows}\n\n"
+            + (f"**Post-incident review:** [{self.review_path.name}]({self.review_path})\n\n" if self.review_path else "")
+            + f"## Timeline (UTC)\n\n| time | event |\n|---|---|\n{rows}\n\n"
             f"## Actions\n\n| time | step | result | description |\n|---|---|---|---|\n{action_rows}\n\n"
             f"## Evidence\n\n{evidence}\n\n"
-            f"## Notifications\n\n| time | status | delivery |\n|---|---|---|\n{notes}\n"
+            f"## Notifications\n\n| time | status | delivery |\n|---|---|---|\n{notes}\n\n"
+            f"## Pages to people\n\n| time | channel | to | status | delivery |\n|---|---|---|---|---|\n{pages}\n"
         )
 
     def _redact(self, text: str) -> str:

@@ -208,6 +208,12 @@ class OncallSettings(Section):
     retry_initial_seconds: float = Field(30.0, gt=0)
     retry_max_seconds: float = Field(900.0, gt=0)
 
+    @field_validator("levels", "routes", mode="before")
+    @classmethod
+    def _upper_keys(cls, value: Any) -> Any:
+        """`l1` from an environment variable (RUNBOOK_ONCALL__LEVELS__L1__...) is L1."""
+        return {str(k).upper(): v for k, v in value.items()} if isinstance(value, dict) else value
+
     @field_validator("levels")
     @classmethod
     def _levels(cls, value: dict[str, Level]) -> dict[str, Level]:

@@ -237,7 +237,8 @@ class Watcher:
     def _fire(self, key: str, bot: str, summary: str) -> Firing | None:
         try:
             firing = fire_alert(self.journal, key, bot, summary, source="watcher", automated=self.automated,
-                                slack=self.settings.slack, journal_url=self.settings.journal_url)
+                                slack=self.settings.slack, journal_url=self.settings.journal_url,
+                                oncall=self.settings.oncall)
         except Exception as error:  # one failure must not blind the watcher to the rest
             self.pending[(key, bot)] = summary
             log.error("could not record %s for %s (kept, retried on the next poll): %s", key, bot, error)

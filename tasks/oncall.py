@@ -56,7 +56,12 @@ def with_deadline(url: str, seconds: float) -> str:
     return url + ("&" if "?" in url else "?") + "&".join(extra)
 
 
-def send(url: str, subject: str, body: str, timeout: float, secrets: list[str]) -> str | None:
+# How a pager or phone shows the message (Apprise's notification types).
+_NOTIFY_TYPES = {"CRITICAL": apprise.NotifyType.FAILURE, "EMERGENCY": apprise.NotifyType.FAILURE,
+                 "WARNING": apprise.NotifyType.WARNING}
+
+
+def send(url: str, subject: str, body: str, timeout: float, secrets: list[str], severity: str = "INFO") -> str | None:
     """One message through Apprise; None when it was taken, else the (redacted) reason."""
     notifier = apprise.Apprise()
     try:
@@ -67,7 +72,8 @@ def send(url: str, subject: str, body: str, timeout: float, secrets: list[str]) 
         return "not a usable Apprise URL (check its scheme and fields)"
     with apprise.LogCapture(level=logging.WARNING) as captured:
         try:
-            ok = notifier.notify(title=subject, body=body)
+            ok = notifier.notify(title=subject, body=body,
+                                 notify_type=_NOTIFY_TYPES.get(severity, apprise.NotifyType.INFO))
         except Exception as error:  # noqa: BLE001 - a plugin bug must not stop a remediation
             return redact(f"{type(error).__name__}: {error}", secrets)
     if ok:
@@ -131,7 +137,7 @@ def _backoff(oncall: OncallSettings, attempts: int) -> timedelta:
 
 
 def _attempt(oncall: OncallSettings, journal: Journal, row: Delivery, url: str, secrets: list[str]) -> Sent:
-    error = send(url, row.subject, row.body, oncall.send_timeout_seconds, secrets)
+    error = send(url, row.subject, row.body, oncall.send_timeout_seconds, secrets, row.severity)
     attempts = row.attempts + 1
     journal.delivery_attempted(row.id, delivered=error is None, error=error,
                                next_attempt_at=None if error is None else utcnow() + _backoff(oncall, attempts))

@@ -124,11 +124,23 @@ def test_critical_pages_l1_at_once_and_a_bot_sick_in_itself_is_restarted(sandbox
     assert {p["path"] for p in new if tag in p["title"]} == {"/pager/L1", "/sms/L1"}
     page = next(p for p in new if p["path"] == "/pager/L1")
     assert page["title"].startswith("[CRITICAL] OPEN L1: Bot Crashed/Stopped")
-    assert "Severity: CRITICAL" in page["body"] and "Status: OPEN" in page["body"]
+    assert "Severity: CRITICAL" in page["body"] and "Status: OPEN" in page["body"] and page["type"] == "failure"
     root = next(p for p in slack_posts(sandbox_dir) if f"incident #{outcome.incident_id}" in p["text"])
     assert "<@U0ONCALL1>" in root["text"] and "Status: OPEN" in root["text"]
     deliveries = journal_of(sandbox_dir).deliveries(outcome.incident_id)
     assert {(d.channel, d.level, d.delivered) for d in deliveries} == {("pager", "L1", True), ("sms", "L1", True)}
+    # stakeholders told at open and at resolution, from the journal; the review beside the report, linked
+    told = [p["text"] for p in slack_posts(sandbox_dir)
+            if "Trading System Status Update" in p["text"] and f"incident #{outcome.incident_id}," in p["text"]]
+    assert len(told) == 2 and "The system is now under investigation." in told[0]
+    assert "The system is now operational (resolved: auto-resolved)." in told[1] and "restarted" in told[1]
+    review = Path(outcome.report_path).with_name(f"incident-{outcome.incident_id}-review.md")
+    text = review.read_text()
+    for part in ("## Detection", "## Timeline (UTC)", "## Actions", "## Root cause (as found)", "## Prevention",
+                 "## Follow-ups", "| restart | ok |"):
+        assert part in text, part
+    assert review.name in Path(outcome.report_path).read_text()
+    assert any(str(review) in p["text"] and "Status: RESOLVED" in p["text"] for p in slack_posts(sandbox_dir))
     # the channel URLs are secrets: nowhere in what was written or sent
     secrets = settings_of(sandbox_dir).oncall.secrets()
     report = Path(outcome.report_path).read_text()
@@ -228,7 +240,7 @@ def test_a_killed_run_leaves_its_incident_escalated(sandbox_dir: Path) -> None:
             found = journal.find_open("crash-recovery", "sandbox")
             return found is not None and any(a.step == "restart" for a in journal.get(found.id).actions)
 
-        wait_for(restarting, 90, "the run to be restarting the bot")
+        wait_for(restarting, 240, "the run to be restarting the bot")
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:

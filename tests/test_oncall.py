@@ -131,7 +131,7 @@ def test_critical_pages_l1_at_once_and_a_bot_sick_in_itself_is_restarted(sandbox
     assert {(d.channel, d.level, d.delivered) for d in deliveries} == {("pager", "L1", True), ("sms", "L1", True)}
     # stakeholders told at open and at resolution, from the journal; the review beside the report, linked
     told = [p["text"] for p in slack_posts(sandbox_dir)
-            if "Trading System Status Update" in p["text"] and f"incident #{outcome.incident_id}," in p["text"]]
+            if "Trading System Status Update" in p["text"] and f"incident #{outcome.incident_id}\n" in p["text"]]
     assert len(told) == 2 and "The system is now under investigation." in told[0]
     assert "The system is now operational (resolved: auto-resolved)." in told[1] and "restarted" in told[1]
     review = Path(outcome.report_path).with_name(f"incident-{outcome.incident_id}-review.md")

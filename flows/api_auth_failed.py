@@ -17,10 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table
 from tasks.futures import settle
 from tasks.hyperliquid import Agent, get_extra_agents, get_user_role
@@ -185,9 +184,9 @@ def broken(run: IncidentRun, seen: Findings) -> list[tuple[str, list[str]]]:
     return found
 
 
-@flow(name="api-auth-failed",
-      description="Runbook: API Authentication Failed — key found, parsed, address derived, approved (userRole), "
-                  "accepted by the exchange (signed no-op), TLS, auth log lines; says what broke and how to fix it.")
+@incident_flow(name="api-auth-failed",
+               description="Runbook: API Authentication Failed — key found, parsed, address derived, approved (userRole), "
+                           "accepted by the exchange (signed no-op), TLS, auth log lines; says what broke and how to fix it.")
 def api_auth_failed(bot: str | None = None, config: str | None = None, incident_id: int | None = None) -> Outcome:
     """Find which part of authentication broke and the recovery step for it. The key is never shown.
 

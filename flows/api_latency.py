@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table
 from tasks.futures import settle
 from tasks.hyperliquid import RateLimit, probe_rate_limit
@@ -171,9 +170,9 @@ def cause(run: IncidentRun, seen: Findings) -> tuple[str, str]:
                         "(its own queue of requests)")
 
 
-@flow(name="api-latency",
-      description="Runbook: API Latency >5 Seconds — the bot's request-duration percentiles, the runbook's own "
-                  "latency samples, API usage and rate limits; network vs exchange vs the bot's own volume.")
+@incident_flow(name="api-latency",
+               description="Runbook: API Latency >5 Seconds — the bot's request-duration percentiles, the runbook's own "
+                           "latency samples, API usage and rate limits; network vs exchange vs the bot's own volume.")
 def api_latency(bot: str | None = None, config: str | None = None, incident_id: int | None = None) -> Outcome:
     """Find out why API requests are slow, and which of the runbook's resolutions applies.
 

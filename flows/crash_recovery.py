@@ -2,6 +2,9 @@
 
 Immediate actions: check process status, restart the bot, verify recovery.
 Investigation: recent logs, error patterns, system resources (captured before the restart changes them).
+Symptoms (RUNBOOK.md): no process, a /health that hangs or answers 503, metrics that stop changing. A 503
+is told apart: the bot sick in itself (its own checks failing) is restarted; a bot reporting an outside
+cause (exchange, websocket, auth checks failing) is handed over to that runbook, not restarted.
 Escalation: if the bot cannot be restarted, escalate to the senior engineer (L2).
 Prevention: a restart storm (N restarts within an hour) escalates instead of restarting again.
 The restart itself (storm guard, policy, stop + start, verify) is tasks/restart.py's, shared with the
@@ -13,14 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.locks import bot_lock
-from runbook.settings import BotSettings
+from runbook.settings import BotSettings, HealthFields
 from tasks.logs import scan_log, tail_log
-from tasks.probes import HealthReport, check_health
+from tasks.probes import HealthReport, check_health, dig, liveness
 from tasks.process import BotProcess, check_process
 from tasks.restart import guarded_restart
 from tasks.system import check_system
@@ -32,26 +34,58 @@ ALERT = "crash-recovery"
 class Diagnosis:
     process: BotProcess | None
     health: HealthReport
+    # "No metrics updates": (moving?, what was seen); None when not looked at.
+    metrics: tuple[bool | None, str] | None = None
 
     @property
     def verdict(self) -> str:
-        """crashed (no process), hung (alive, silent), unhealthy (alive, failing), halted or healthy."""
+        """crashed (no process), hung (alive, silent), unhealthy (alive, failing), stalled (healthy but its
+        metrics stand still), halted or healthy."""
         if self.process is None:
             return "crashed"
         if self.health.condition in ("hung", "unreachable", "invalid"):
             return "hung"
+        if self.health.condition == "healthy" and self.metrics is not None and self.metrics[0] is False:
+            return "stalled"
         return self.health.condition  # healthy, halted or unhealthy
 
     def describe(self) -> str:
         where = f"PID {self.process.pid} ({self.process.status}, {self.process.rss_mb} MB)" if self.process else "no process"
-        return f"{where}; {self.health.summary()}"
+        return f"{where}; {self.health.summary()}" + (f"; {self.metrics[1]}" if self.metrics else "")
 
 
-def diagnose(bot: BotSettings) -> Diagnosis:
-    """Step 1, "Check Process Status": the process and the health endpoint, looked at together."""
+def outside_causes(fields: HealthFields, body: dict | None) -> dict[str, str]:
+    """The failing /health checks that report a cause outside the bot: {check path: runbook}."""
+    return {path: runbook for path, runbook in fields.outside_checks.items()
+            if str(dig(body or {}, path)).lower() in fields.failing_values}
+
+
+def diagnose(run: IncidentRun) -> Diagnosis:
+    """Step 1, "Check Process Status": the process, the health endpoint and (for a bot that says it is healthy)
+    whether its metrics still move, looked at together."""
+    bot, watch = run.bot, run.settings.watch
     process = check_process.submit(bot)
     health = check_health.submit(bot)
-    return Diagnosis(process.result(), health.result())
+    diagnosis = Diagnosis(process.result(), health.result())
+    if diagnosis.verdict == "healthy" and watch.metrics_stale_seconds is not None:
+        diagnosis.metrics = liveness(bot, watch.liveness_metric, run.settings.recovery.liveness_window_seconds)
+    return diagnosis
+
+
+def hand_over(run: IncidentRun, causes: dict[str, str], diagnosis: Diagnosis) -> Outcome:
+    """A 503 with an outside cause: restarting the bot would not help. Fire the runbook that handles the cause."""
+    from flows import FLOWS
+    from runbook.firing import fire_alert
+
+    handed = []
+    for path, key in causes.items():
+        firing = fire_alert(run.journal, key, run.bot_name, f"handed over by crash recovery #{run.incident_id}: "
+                            f"{path} failing; {diagnosis.describe()}", source="crash-recovery", automated=set(FLOWS))
+        handed.append(f"{key} (incident #{firing.incident_id})")
+        run.act("hand-over", f"{path} is failing: an outside cause; handed over to {key}, incident #{firing.incident_id}")
+    return run.resolve(j.FALSE_POSITIVE, "not a crash: the bot is up and reports an outside cause "
+                       f"({', '.join(causes)} failing); not restarted, handed over to {', '.join(handed)}. "
+                       f"{diagnosis.describe()}")
 
 
 def capture_evidence(run: IncidentRun) -> None:
@@ -75,7 +109,7 @@ def capture_evidence(run: IncidentRun) -> None:
     run.note(f"evidence captured: {len(tail.lines)} log lines, {scan.matches} error lines; {resources.summary()}")
 
 
-@flow(name="crash-recovery", description="Runbook: Bot Crashed/Stopped — diagnose, restart, verify, escalate.")
+@incident_flow(name="crash-recovery", description="Runbook: Bot Crashed/Stopped — diagnose, restart, verify, escalate.")
 def crash_recovery(bot: str | None = None, config: str | None = None, incident_id: int | None = None) -> Outcome:
     """Bring a crashed or hung bot back.
 
@@ -99,7 +133,7 @@ def crash_recovery(bot: str | None = None, config: str | None = None, incident_i
 
 def _respond(run: IncidentRun) -> Outcome:
     run.start_response()
-    diagnosis = diagnose(run.bot)
+    diagnosis = diagnose(run)
     run.note(f"diagnosis: {diagnosis.verdict} — {diagnosis.describe()}")
     if diagnosis.verdict == "healthy":
         if run.joined_existing and run.journal.count_actions(run.bot_name, "restart", _since_fired(run)):
@@ -112,6 +146,12 @@ def _respond(run: IncidentRun) -> Outcome:
     if diagnosis.verdict == "halted":
         return run.resolve(j.FALSE_POSITIVE, "bot is alive and has halted trading itself (circuit breaker); "
                            f"not restarted — see the daily-loss-limit / insufficient-balance runbooks. {diagnosis.describe()}")
+
+    if diagnosis.verdict == "unhealthy":
+        causes = outside_causes(run.bot.fields, diagnosis.health.body)
+        if causes:
+            return hand_over(run, causes, diagnosis)
+        run.note("the bot reports itself unhealthy with no outside cause: it is sick in itself")
 
     run.tell("INVESTIGATING", f"bot {diagnosis.verdict}: {diagnosis.describe()}", ["capture evidence", "restart the bot"])
     capture_evidence(run)

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.locks import bot_lock
 from runbook.markdown import table, usd
 from runbook.policy import authorize
@@ -174,9 +174,9 @@ def risk_table(config: BotConfig, keys: BotConfigKeys) -> str:
 # --- the flow ----------------------------------------------------------------------------------
 
 
-@flow(name="daily-loss-limit",
-      description="Runbook: Daily Loss Limit Reached — verify trading stopped, assess losses and causes, "
-                  "propose reduced sizes and a daily-counter reset (applied only when approved), escalate.")
+@incident_flow(name="daily-loss-limit",
+               description="Runbook: Daily Loss Limit Reached — verify trading stopped, assess losses and causes, "
+                           "propose reduced sizes and a daily-counter reset (applied only when approved), escalate.")
 def daily_loss_limit(bot: str | None = None, config: str | None = None, incident_id: int | None = None,
                      reduce_size_factor: float = 0.5, reset_daily_counter: bool = True) -> Outcome:
     """Contain a day that hit the daily loss limit and prepare, for a person, the way back.

@@ -28,12 +28,14 @@ from reports import ReportOutcome
 from reports.daily import (
     DailyReport, build_daily_report, day_bounds, fetch_window, parse_day, previous_day, start_balance_at, write_daily,
 )
+from runbook.journal import Journal
 from runbook.markdown import table
 from runbook.settings import BotSettings, Settings, load_settings
 from tasks import NO_CACHE_POLICY
 from tasks.futures import settle
 from tasks.hyperliquid import get_account_value_history, get_fills, get_funding
 from tasks.notify import Upload, post_report
+from tasks.oncall import digest
 
 ALERT = "daily-summary"
 
@@ -104,13 +106,16 @@ def summarise_bot(settings: Settings, name: str, bot: BotSettings, day: date) ->
     report = summarise(fills.result(), day, history.result(), funding_result, tz, name,
                        settings.watch.win_rate_threshold, read_at)
     render(report, settings.reports_dir / "daily")
-    upload = post_report(settings.slack, report.pdf_path, report.message(), report.title,
-                         settings.reports.slack_channel)
+    carried, lines = digest(settings.journal_url, name)
+    message = report.message() + (f"\n\n*Digest (INFO since the last summary)*\n{lines}" if lines else "")
+    upload = post_report(settings.slack, report.pdf_path, message, report.title, settings.reports.slack_channel)
+    if upload.delivered:  # an undelivered digest waits for the next summary
+        Journal(settings.journal_url).digest_carried(carried)
     artifact(report, upload)
     return report, upload
 
 
-@flow(name="daily-summary",
+@flow(name="daily-summary", timeout_seconds=1800,
       description="Runbook: Daily Trading Summary — the day's trades, win rate, profit factor, P&L, best and worst "
                   "trades, risk metrics and recommendations against the previous day and the trailing 7 and 30 "
                   "days; a PDF posted to Slack and linked as an artifact. Scheduled daily.")

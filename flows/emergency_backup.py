@@ -9,17 +9,16 @@ it. The system-failure and security-breach flows run the same task.
 
 from __future__ import annotations
 
-from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from tasks.evidence import BackupError, backup_evidence, backup_folder
 
 ALERT = "emergency-backup"
 
 
-@flow(name="emergency-backup",
-      description="Runbook: Preserve Evidence — archive the bot's logs, data and config with a verified manifest.")
+@incident_flow(name="emergency-backup",
+               description="Runbook: Preserve Evidence — archive the bot's logs, data and config with a verified manifest.")
 def emergency_backup(bot: str | None = None, config: str | None = None, incident_id: int | None = None) -> Outcome:
     """Archive the bot's logs/, data/ and config/ now.
 

@@ -22,11 +22,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow, task
+from prefect import task
 
 from reports.trades import TradeMetrics, compute_metrics
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table, usd
 from tasks import NO_CACHE_POLICY
 from runbook.settings import BotConfigKeys
@@ -179,9 +179,9 @@ def look(run: IncidentRun) -> Look:
     return Look(h, c, ce, a, ae, f, fe)
 
 
-@flow(name="insufficient-balance",
-      description="Runbook: Insufficient Balance — balance and margin from the bot and the exchange, breaker, "
-                  "recent losses, sizing against the balance, recommendations with numbers. Read-only.")
+@incident_flow(name="insufficient-balance",
+               description="Runbook: Insufficient Balance — balance and margin from the bot and the exchange, breaker, "
+                           "recent losses, sizing against the balance, recommendations with numbers. Read-only.")
 def insufficient_balance(bot: str | None = None, config: str | None = None, incident_id: int | None = None,
                          margin_buffer: float = 0.5) -> Outcome:
     """Find out whether the balance really is too low to trade, and what would fix it.

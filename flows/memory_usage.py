@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.locks import bot_lock
 from runbook.markdown import table
 from tasks.futures import settle
@@ -104,9 +103,9 @@ def restart_warranted(run: IncidentRun, seen: Findings) -> tuple[bool, str]:
     return False, f"below the restart thresholds ({infra.memory_restart_percent:g}% of host memory{limit})"
 
 
-@flow(name="memory-usage",
-      description="Runbook: Memory Usage >80% — memory and swap, top processes, the bot's RSS trend (leak or "
-                  "spike); above 90% with the bot as the largest consumer, restart it under the action policy.")
+@incident_flow(name="memory-usage",
+               description="Runbook: Memory Usage >80% — memory and swap, top processes, the bot's RSS trend (leak or "
+                           "spike); above 90% with the bot as the largest consumer, restart it under the action policy.")
 def memory_usage(bot: str | None = None, config: str | None = None, incident_id: int | None = None) -> Outcome:
     """Find what holds the memory and, when the runbook says so, restart the bot (never anything else).
 

@@ -22,11 +22,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from prefect import flow
 
 from reports.trades import TradeMetrics, compute_metrics
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table, usd
 from runbook.paths import dig
 from runbook.settings import BotConfigKeys
@@ -100,10 +99,10 @@ def scaling_advice(metrics: TradeMetrics | None, config: BotConfig | None,
                   "(a person decides; daily-loss-limit and risk limits scale with it) and review after a week.")
 
 
-@flow(name="new-balance-high",
-      description="Runbook: New Balance High — confirm the high against the journal, record it with the strategy "
-                  "settings and performance that produced it, back up the bot's config, advise on scaling up, "
-                  "celebrate in Slack. Changes nothing on the bot.")
+@incident_flow(name="new-balance-high",
+               description="Runbook: New Balance High — confirm the high against the journal, record it with the strategy "
+                           "settings and performance that produced it, back up the bot's config, advise on scaling up, "
+                           "celebrate in Slack. Changes nothing on the bot.")
 def new_balance_high(bot: str | None = None, config: str | None = None, incident_id: int | None = None) -> Outcome:
     """Record a new all-time balance high and what produced it.
 

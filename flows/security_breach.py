@@ -26,10 +26,9 @@ import pwd
 import time
 from pathlib import Path
 
-from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table
 from runbook.policy import authorize
 from runbook.redact import REDACTED
@@ -118,9 +117,9 @@ def rotation_checklist(run: IncidentRun, zeroized: list[ZeroizeRecord]) -> str:
     return "\n".join(items)
 
 
-@flow(name="security-breach",
-      description="Runbook: Security Breach Suspected — forensic snapshot, stop the bot, preserve evidence, "
-                  "zeroize keys (approval), rotation checklist, isolation instruction, notify.")
+@incident_flow(name="security-breach",
+               description="Runbook: Security Breach Suspected — forensic snapshot, stop the bot, preserve evidence, "
+                           "zeroize keys (approval), rotation checklist, isolation instruction, notify.")
 def security_breach(bot: str | None = None, config: str | None = None, incident_id: int | None = None,
                     assume_yes: bool = False) -> Outcome:
     """Contain a suspected compromise of the bot's host or keys.

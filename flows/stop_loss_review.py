@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import flow, task
+from prefect import task
 
 from reports.trades import closed_trades
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table
 from runbook.settings import BotSettings, HealthFields, HyperliquidAccount, LogFormat, Markers
 from tasks import NO_CACHE_POLICY
@@ -579,9 +579,9 @@ def positions_evidence(checks: list[PositionCheck], health_unprotected: list[str
 # the flow
 
 
-@flow(name="stop-loss-review",
-      description="Runbook: Position Hit Stop-Loss — did the stop fire correctly, the price action before it, "
-                  "and any open position left without a stop. Read-only.")
+@incident_flow(name="stop-loss-review",
+               description="Runbook: Position Hit Stop-Loss — did the stop fire correctly, the price action before it, "
+                           "and any open position left without a stop. Read-only.")
 def stop_loss_review(bot: str | None = None, config: str | None = None, incident_id: int | None = None,
                      lookback_minutes: int = 60, tolerance_pct: float = 0.5, coin: str | None = None) -> Outcome:
     """Review the latest stop-loss exit and check every open position has a stop. Changes nothing.

@@ -35,14 +35,13 @@ from decimal import Decimal
 from typing import Any
 
 import pydantic
-from prefect import flow
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table, usd
 from runbook.policy import authorize
 from runbook.settings import Policy
@@ -396,9 +395,9 @@ def liquidate(run: IncidentRun, state: AccountState, stop: TradingStop, assume_y
 # --- the flow ---------------------------------------------------------------------------------------
 
 
-@flow(name="system-failure",
-      description="Runbook: Complete System Failure — stop all trading, preserve evidence, assess positions, "
-                  "liquidate only with approval, verify flat, tell stakeholders, escalate.")
+@incident_flow(name="system-failure",
+               description="Runbook: Complete System Failure — stop all trading, preserve evidence, assess positions, "
+                           "liquidate only with approval, verify flat, tell stakeholders, escalate.")
 def system_failure(bot: str | None = None, config: str | None = None, incident_id: int | None = None,
                    assume_yes: bool = False) -> Outcome:
     """Stop all trading now, preserve evidence, and close what is open if a person says so.

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from prefect import flow, task
+from prefect import task
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.locks import bot_lock
 from runbook.markdown import table
 from runbook.settings import BotSettings
@@ -157,9 +157,9 @@ def record(run: IncidentRun, seen: Findings, cause: str, why: str) -> None:
                                                         ["health", seen.health.summary()]]))
 
 
-@flow(name="websocket-disconnected",
-      description="Runbook: WebSocket Disconnected >2 Minutes — network checks, reconnect attempts, wait for the "
-                  "bot's own reconnect, restart only a bot that does not come back, verify.")
+@incident_flow(name="websocket-disconnected",
+               description="Runbook: WebSocket Disconnected >2 Minutes — network checks, reconnect attempts, wait for the "
+                           "bot's own reconnect, restart only a bot that does not come back, verify.")
 def websocket_disconnected(bot: str | None = None, config: str | None = None, incident_id: int | None = None,
                            wait_seconds: float | None = None) -> Outcome:
     """Find out why the bot's websocket is down, and get it back.

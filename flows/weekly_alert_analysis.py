@@ -80,7 +80,7 @@ def artifact(report: WeeklyReport, upload: Upload) -> None:
         get_run_logger().warning("could not create the weekly analysis artifact: %s", error)
 
 
-@flow(name="weekly-alert-analysis",
+@flow(name="weekly-alert-analysis", timeout_seconds=1800,
       description="Runbook: Weekly Review — alert volume, MTTR per alert and severity against the targets, "
                   "false-positive rate, uptime, MTBF, RTO, noisiest alerts, fatigue and recommendations from the "
                   "incident journal; a PDF posted to Slack and linked as an artifact. Scheduled weekly.")

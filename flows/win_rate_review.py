@@ -27,13 +27,12 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
-from prefect import flow
 
 from flows.stop_loss_review import BotConfigRead, parse_exit, read_bot_config
 from runbook.settings import BotConfigKeys
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
+from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.logs import scan_log
@@ -221,9 +220,9 @@ def _flat(prefix: str, value: Any) -> list[list[str]]:
 # the flow
 
 
-@flow(name="win-rate-review",
-      description="Runbook: Win Rate Below 40% — the last N trades against the previous N, strategy parameters, "
-                  "losing trades by coin, side, hour and holding time, recommendations. Read-only.")
+@incident_flow(name="win-rate-review",
+               description="Runbook: Win Rate Below 40% — the last N trades against the previous N, strategy parameters, "
+                           "losing trades by coin, side, hour and holding time, recommendations. Read-only.")
 def win_rate_review(bot: str | None = None, config: str | None = None, incident_id: int | None = None,
                     lookback_days: int = 7, n_trades: int = 50) -> Outcome:
     """Review recent trading performance when the win rate drops; recommend, change nothing.

@@ -16,8 +16,10 @@ from prefect.events import emit_event
 from runbook import journal as j
 from runbook.alerts import get_alert
 from runbook.journal import Journal, utcnow
-from runbook.settings import SlackSettings
+from runbook.redact import redact
+from runbook.settings import OncallSettings, SlackSettings
 from tasks.notify import AlertNotice, post_notice
+from tasks.oncall import page_people
 
 EVENT_FIRED = "runbook.alert.fired"
 # An automated incident whose remediation has not started this long after it fired is triggered
@@ -52,11 +54,12 @@ def event_resource(alert: str, bot: str, incident_id: int) -> dict[str, str]:
 
 
 def fire_alert(journal: Journal, alert_key: str, bot: str, summary: str, *, source: str,
-               automated: set[str], slack: SlackSettings | None = None, journal_url: str | None = None) -> Firing:
+               automated: set[str], slack: SlackSettings | None = None, journal_url: str | None = None,
+               oncall: OncallSettings | None = None) -> Firing:
     """Record the alert and, for a new incident, emit the event that starts its remediation.
 
     An alert with no automated response is announced in Slack here (given `slack`), since no flow
-    will do it; an automated one is announced by its flow.
+    will do it, and its people are paged (given `oncall`); an automated one is announced by its flow.
     """
     alert = get_alert(alert_key)
     is_automated = alert.key in automated
@@ -74,11 +77,16 @@ def fire_alert(journal: Journal, alert_key: str, bot: str, summary: str, *, sour
         fields["outcome"] = j.NO_AUTOMATION
     journal.update(incident.id, **fields)
     if not is_automated and slack is not None and journal_url is not None:
-        post_notice(slack, journal_url, incident.id, AlertNotice(
+        notice = AlertNotice(
             alert_type=alert.title, severity=alert.severity.value, timestamp=incident.fired_at,
             description=f"{summary} (bot {bot}, incident #{incident.id})", impact=alert.impact, status="OPEN",
             next_steps=["no automated response yet: follow the runbook section by hand"],
-        ))
+        )
+        post_notice(slack, journal_url, incident.id, notice)
+        if oncall is not None:
+            page_people(oncall, journal_url, incident.id, alert.severity.value,
+                        f"[{alert.severity.value}] OPEN L1: {alert.title} on {bot} (incident #{incident.id})",
+                        redact(notice.render(), oncall.secrets()))
     return Firing(incident.id, alert.key, bot, True, event_id, is_automated)
 
 

@@ -153,6 +153,43 @@ class Notification(Base):
                 "delivered": self.delivered, "error": self.error, "ts": self.ts}
 
 
+class Delivery(Base):
+    """One message to one person on one channel (pager, sms, email) or an INFO line kept for the digest.
+
+    The channel's URL is never stored (it is a secret): `level` and `contact` name where it is configured,
+    so a retry reads the URL from the settings of the moment."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    incident_id: Mapped[int] = mapped_column(ForeignKey("incidents.id"), index=True)
+    bot: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    channel: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str] = mapped_column(String(4))
+    contact: Mapped[str] = mapped_column(String(128))
+    severity: Mapped[str] = mapped_column(String(16))
+    status_line: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    delivered: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set when the delivery is given up (its incident resolved before it got through).
+    abandoned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "incident_id": self.incident_id, "at": _iso(self.at), "channel": self.channel,
+                "level": self.level, "contact": self.contact, "status": self.status_line,
+                "delivered": self.delivered, "delivered_at": _iso(self.delivered_at), "attempts": self.attempts,
+                "next_attempt_at": _iso(self.next_attempt_at), "error": self.error,
+                "abandoned_at": _iso(self.abandoned_at)}
+
+
+DIGEST = "digest"
+
 Index("ix_actions_bot_step_at", Action.bot, Action.step, Action.at)
 
 
@@ -317,6 +354,76 @@ class Journal:
                 incident_id=incident_id, at=utcnow(), channel=channel, status_line=status_line, text=text,
                 delivered=delivered, error=error, ts=ts,
             ))
+
+    # -- deliveries to people (pager, SMS, email) and the INFO digest ---------------------------
+
+    def record_delivery(self, incident_id: int, bot: str, *, channel: str, level: str, contact: str,
+                        severity: str, status_line: str, subject: str, body: str) -> Delivery:
+        with self._session() as session:
+            delivery = Delivery(incident_id=incident_id, bot=bot, at=utcnow(), channel=channel, level=level,
+                                contact=contact, severity=severity, status_line=status_line, subject=subject,
+                                body=body, delivered=False, attempts=0)
+            session.add(delivery)
+        return delivery
+
+    def delivery_attempted(self, delivery_id: int, *, delivered: bool, error: str | None = None,
+                           next_attempt_at: datetime | None = None) -> None:
+        with self._session() as session:
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is None:
+                raise JournalError(f"no delivery #{delivery_id}")
+            delivery.attempts += 1
+            delivery.delivered = delivered
+            delivery.error = None if delivered else error
+            delivery.delivered_at = utcnow() if delivered else None
+            delivery.next_attempt_at = None if delivered else next_attempt_at
+
+    def deliveries(self, incident_id: int | None = None, *, channel: str | None = None) -> list[Delivery]:
+        query = select(Delivery).order_by(Delivery.id)
+        if incident_id is not None:
+            query = query.where(Delivery.incident_id == incident_id)
+        if channel is not None:
+            query = query.where(Delivery.channel == channel)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def due_deliveries(self, now: datetime | None = None) -> list[tuple[Delivery, str]]:
+        """Undelivered messages (not digest lines, not given up) whose next attempt is due, each with the
+        status of its incident."""
+        query = (select(Delivery, Incident.status).join(Incident, Delivery.incident_id == Incident.id)
+                 .where(Delivery.delivered.is_(False), Delivery.channel != DIGEST, Delivery.abandoned_at.is_(None),
+                        Delivery.next_attempt_at <= (now or utcnow()))
+                 .order_by(Delivery.id))
+        with self._session() as session:
+            return [(delivery, status) for delivery, status in session.execute(query).all()]
+
+    def abandon_delivery(self, delivery_id: int, reason: str) -> None:
+        with self._session() as session:
+            delivery = session.get(Delivery, delivery_id)
+            if delivery is not None:
+                delivery.abandoned_at = utcnow()
+                delivery.next_attempt_at = None
+                delivery.error = f"{delivery.error or ''} (given up: {reason})".strip()
+
+    def pending_digest(self, bot: str | None = None) -> list[Delivery]:
+        """INFO lines not yet carried by a daily summary."""
+        query = select(Delivery).where(Delivery.channel == DIGEST, Delivery.delivered.is_(False)).order_by(Delivery.id)
+        if bot is not None:
+            query = query.where(Delivery.bot == bot)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def digest_carried(self, delivery_ids: list[int]) -> None:
+        if not delivery_ids:
+            return
+        with self._session() as session:
+            session.execute(update(Delivery).where(Delivery.id.in_(delivery_ids))
+                            .values(delivered=True, delivered_at=utcnow(), attempts=Delivery.attempts + 1))
+
+    def incident_for_flow_run(self, flow_run_id: str) -> Incident | None:
+        with self._session() as session:
+            return session.scalars(select(Incident).where(Incident.flow_run_id == flow_run_id)
+                                   .order_by(Incident.id.desc())).first()
 
     def resolve(self, incident_id: int, outcome: str, summary: str) -> None:
         if outcome not in OUTCOMES:

@@ -91,6 +91,15 @@ class HealthFields(Section):
     stopped_values: list[str] = ["stopped", "halted"]
     # Values of `api_auth` meaning the exchange refuses the bot's key.
     api_auth_failing: list[str] = ["fail"]
+    # Checks in /health that report a cause outside the bot (dotted path -> the runbook that handles it).
+    # A bot answering 503 while one of these fails is not sick in itself: crash recovery hands it over to
+    # that runbook instead of restarting it. Any other failing check (or none) means the bot itself is sick.
+    outside_checks: dict[str, str] = {
+        "checks.websocket_connectivity.status": "websocket-disconnected",
+        "checks.api_connectivity.status": "api-latency",
+        "checks.api_auth.status": "api-auth-failed",
+    }
+    failing_values: list[str] = ["fail", "failing", "error"]
 
     @field_validator("status", "websocket_connected", "position_health", "circuit_breaker", "circuit_breaker_reason",
                      "api_auth", "total_pnl", "daily_pnl", "account_balance", "withdrawable", "win_rate",
@@ -104,7 +113,7 @@ class HealthFields(Section):
     def paths(self) -> dict[str, str]:
         """Every configured /health path by setting name; position fields relative to position_health."""
         return {name: getattr(self, name) for name in type(self).model_fields
-                if name not in ("healthy_values", "stopped_values", "api_auth_failing")}
+                if name not in ("healthy_values", "stopped_values", "api_auth_failing", "outside_checks", "failing_values")}
 
 
 LOG_LINE_GROUPS = ("timestamp", "level", "message")
@@ -372,6 +381,98 @@ class SlackSettings(Section):
         return value
 
 
+LEVELS = ("L1", "L2", "L3", "L4")
+# The people channels a contact can have (each an Apprise URL) and the severities routing knows.
+PEOPLE_CHANNELS = ("pager", "sms", "email")
+SEVERITIES = ("CRITICAL", "EMERGENCY", "WARNING", "INFO")
+
+
+class Contact(Section):
+    """One person (or rota) of an escalation level. Channel URLs are Apprise URLs and secrets: they hold
+    passwords and API keys (`mailto://user:pass@host`, `twilio://sid:token@from/to`, `pagerduty://key@...`)."""
+
+    name: str
+    slack_id: str | None = None
+    # Plain facts for the runbook's contact table; sending uses the URLs below.
+    email: str | None = None
+    phone: str | None = None
+    email_url: SecretStr | None = None
+    sms_url: SecretStr | None = None
+    pager_url: SecretStr | None = None
+
+    def url(self, channel: str) -> SecretStr | None:
+        return getattr(self, f"{channel}_url")
+
+
+class Level(Section):
+    """An escalation level: who, and how fast the runbook wants them to answer."""
+
+    contacts: list[Contact] = []
+    # The runbook's response window for this level (its "Response: 5 minutes" ...), shown in pages.
+    response_minutes: float = Field(15.0, gt=0)
+
+
+class OncallSettings(Section):
+    """Who is paged, how, for what: contacts per escalation level and routing per severity.
+
+    Sending goes through Apprise, one URL per channel. Every message on every channel is journaled with
+    its delivery; an undelivered one is retried by the watcher with backoff until it is delivered or its
+    incident is resolved."""
+
+    levels: dict[str, Level] = {
+        "L1": Level(response_minutes=5), "L2": Level(response_minutes=15),
+        "L3": Level(response_minutes=60), "L4": Level(response_minutes=240),
+    }
+    # severity -> the people channels used (Slack is always used as well, except for INFO, which goes into
+    # the digest). "sms" is skipped for contacts without an sms_url.
+    routes: dict[str, list[str]] = {
+        "CRITICAL": ["pager", "sms"],
+        "EMERGENCY": ["pager", "sms"],
+        "WARNING": ["email", "sms"],
+        "INFO": ["digest"],
+    }
+    # Every blocking send carries this deadline (SMTP connect/read, HTTP to a pager or SMS gateway).
+    send_timeout_seconds: float = Field(10.0, gt=0)
+    # Retry of undelivered messages by the watcher: first after `retry_initial_seconds`, doubling up to
+    # `retry_max_seconds` between attempts, for as long as the incident is unresolved.
+    retry_initial_seconds: float = Field(30.0, gt=0)
+    retry_max_seconds: float = Field(900.0, gt=0)
+
+    @field_validator("levels", "routes", mode="before")
+    @classmethod
+    def _upper_keys(cls, value: Any) -> Any:
+        """`l1` from an environment variable (RUNBOOK_ONCALL__LEVELS__L1__...) is L1."""
+        return {str(k).upper(): v for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, value: dict[str, Level]) -> dict[str, Level]:
+        unknown = set(value) - set(LEVELS)
+        if unknown:
+            raise ValueError(f"levels must be L1..L4, not {sorted(unknown)}")
+        return value
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for severity, channels in value.items():
+            if severity not in SEVERITIES:
+                raise ValueError(f"routes: unknown severity {severity!r} (one of {', '.join(SEVERITIES)})")
+            bad = [c for c in channels if c not in (*PEOPLE_CHANNELS, "digest")]
+            if bad:
+                raise ValueError(f"routes.{severity}: unknown channel(s) {bad} (pager, sms, email, digest)")
+        return value
+
+    def contacts(self, level: str) -> list[Contact]:
+        found = self.levels.get(level)
+        return list(found.contacts) if found else []
+
+    def secrets(self) -> list[str]:
+        """Every channel URL, for redaction."""
+        return [url.get_secret_value() for level in self.levels.values() for contact in level.contacts
+                for url in (contact.email_url, contact.sms_url, contact.pager_url) if url is not None]
+
+
 class PolicySettings(Section):
     """What each destructive action may do by itself (DESIGN.md, safety policy)."""
 
@@ -395,6 +496,8 @@ class RecoverySettings(Section):
     # it after this long (+ up to 15 s), so the next remediation is not locked out. Prefect's minimum is 60.
     lock_lease_seconds: float = Field(60.0, ge=60)
     evidence_log_lines: int = Field(100, ge=1)
+    # A bot that answers healthy is still stalled when watch.liveness_metric does not change within this window.
+    liveness_window_seconds: float = Field(10.0, gt=0)
 
 
 class WatchSettings(Section):
@@ -402,6 +505,11 @@ class WatchSettings(Section):
 
     poll_interval_seconds: float = Field(5.0, gt=0)
     websocket_down_seconds: float = Field(120.0, ge=0)
+    # RUNBOOK.md's crash symptoms besides a missing process: /health answering 503 for this long, and the
+    # bot's own liveness metric (summed over its labels) not changing for this long. None turns either off.
+    unhealthy_seconds: float | None = Field(60.0, ge=0)
+    metrics_stale_seconds: float | None = Field(120.0, ge=0)
+    liveness_metric: str = "api_requests_total"
     latency_threshold_seconds: float = Field(5.0, gt=0)
     memory_percent_threshold: float = Field(80.0, gt=0, le=100)
     # Also fire memory-usage when the bot alone holds more than this (None: system memory only).
@@ -626,6 +734,7 @@ class Settings(BaseSettings):
     reports_dir: Path = Path("runbook-reports")
     bots: dict[str, BotSettings] = {}
     slack: SlackSettings = SlackSettings()
+    oncall: OncallSettings = OncallSettings()
     policy: PolicySettings = PolicySettings()
     recovery: RecoverySettings = RecoverySettings()
     watch: WatchSettings = WatchSettings()

@@ -20,11 +20,14 @@ import psutil
 
 from runbook.alerts import CATALOGUE, ESCALATION_LEVELS, get_alert
 from runbook.firing import Firing, fire_alert
+from runbook.incident import escalate_incident
 from runbook.journal import Journal, utcnow
 from runbook.settings import BotSettings, LogFormat, Settings
 from tasks.logs import parse_line
-from tasks.notify import AlertNotice, post_notice
-from tasks.probes import HealthReport, MetricsSnapshot, dig, number, probe_health_once, read_metrics_once
+from tasks.oncall import retry_due
+from tasks.probes import (
+    HealthReport, MetricsSnapshot, dig, metric_total, number, probe_health_once, read_metrics_once,
+)
 from tasks.process import BotProcess, ProcessError, locate_bot
 
 log = logging.getLogger("runbook.watcher")
@@ -77,6 +80,11 @@ class BotState:
     bot: BotSettings
     logs: list[LogCursor]
     websocket_down_since: float | None = None
+    # RUNBOOK.md's other crash symptoms: /health answering 503 since, and the liveness metric's last value
+    # and since when it has stood still.
+    unhealthy_since: float | None = None
+    liveness: float | None = None
+    liveness_since: float | None = None
     latency_totals: tuple[float, float] | None = None
     balance_high: float | None = None
     patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
@@ -134,6 +142,8 @@ class Watcher:
             firing.append(("crash-recovery", f"bot process not running; {health.summary()}"))
         elif health.condition in ("hung", "unreachable"):
             firing.append(("crash-recovery", f"bot PID {seen.process.pid} not responding: {health.summary()}"))
+        else:
+            firing.extend(self._crash_symptoms(state, seen, now))
 
         if health.reachable and health.websocket_connected is False:
             state.websocket_down_since = state.websocket_down_since or now
@@ -174,6 +184,30 @@ class Watcher:
                 firing.append((key, f"log: {hit[:300]}"))
         return firing
 
+    def _crash_symptoms(self, state: BotState, seen: Observation, now: float) -> list[tuple[str, str]]:
+        """A running bot that answers 503 for `unhealthy_seconds`, or whose liveness metric stands still for
+        `metrics_stale_seconds` ("Health endpoint returns 503", "No metrics updates")."""
+        watch, health, found = self.settings.watch, seen.health, []
+        if health.reachable and health.status_code == 503:
+            state.unhealthy_since = state.unhealthy_since or now
+            unhealthy_for = now - state.unhealthy_since
+            if watch.unhealthy_seconds is not None and unhealthy_for >= watch.unhealthy_seconds:
+                found.append(("crash-recovery", f"health has answered 503 for {unhealthy_for:.0f}s: {health.summary()}"))
+        else:
+            state.unhealthy_since = None
+        value = None if seen.metrics.error else self._liveness(seen.metrics)
+        if value is not None and value != state.liveness:
+            state.liveness, state.liveness_since = value, now
+        elif state.liveness_since is not None:
+            still_for = now - state.liveness_since
+            if watch.metrics_stale_seconds is not None and still_for >= watch.metrics_stale_seconds:
+                found.append(("crash-recovery", f"no metrics updates: {watch.liveness_metric} unchanged for {still_for:.0f}s"
+                              + (f" ({seen.metrics.error})" if seen.metrics.error else "")))
+        return found
+
+    def _liveness(self, metrics: MetricsSnapshot) -> float | None:
+        return metric_total(metrics, self.settings.watch.liveness_metric)
+
     @staticmethod
     def _mean_latency(state: BotState, metrics: MetricsSnapshot) -> float | None:
         """Mean request duration in seconds over the requests made since the last poll (histogram or summary
@@ -208,7 +242,8 @@ class Watcher:
     def _fire(self, key: str, bot: str, summary: str) -> Firing | None:
         try:
             firing = fire_alert(self.journal, key, bot, summary, source="watcher", automated=self.automated,
-                                slack=self.settings.slack, journal_url=self.settings.journal_url)
+                                slack=self.settings.slack, journal_url=self.settings.journal_url,
+                                oncall=self.settings.oncall)
         except Exception as error:  # one failure must not blind the watcher to the rest
             self.pending[(key, bot)] = summary
             log.error("could not record %s for %s (kept, retried on the next poll): %s", key, bot, error)
@@ -235,17 +270,18 @@ class Watcher:
             role = dict((name, role) for name, role, _ in ESCALATION_LEVELS)[level]
             minutes = open_for.total_seconds() / 60
             text = f"still open after {minutes:.0f} min (target {alert.response_target.total_seconds() / 60:.0f} min): escalated to {level} ({role})"
-            self.journal.update(incident.id, escalation_level=level)
-            self.journal.record_action(incident.id, incident.bot, "escalate", text)
-            notice = AlertNotice(
-                alert_type=alert.title, severity=alert.severity.value, timestamp=incident.fired_at,
-                description=f"{incident.summary} (bot {incident.bot}, incident #{incident.id}) — {text}",
-                impact=alert.impact, status="ESCALATED", next_steps=[f"{role}: take over incident #{incident.id}"],
-                mention=self.settings.slack.escalation.get(level),
-            )
-            post_notice(self.settings.slack, self.settings.journal_url, incident.id, notice)
+            escalate_incident(self.settings, incident.id, level, text, [f"{role}: take over incident #{incident.id}"])
             done.append(f"incident #{incident.id} ({incident.alert} on {incident.bot}) {text}")
         return done
+
+    def deliver_once(self) -> list[str]:
+        """Send again the pages, SMS and mail not delivered yet whose backoff has passed."""
+        lines = [f"delivery #{s.delivery_id} ({s.channel} to {s.level} {s.contact}) "
+                 + ("delivered" if s.delivered else f"not delivered: {s.error}")
+                 for s in retry_due(self.settings.oncall, self.settings.journal_url)]
+        for line in lines:
+            log.warning(line)
+        return lines
 
     def run(self, stop: threading.Event) -> None:
         interval = self.settings.watch.poll_interval_seconds
@@ -254,6 +290,7 @@ class Watcher:
             started = time.monotonic()
             try:
                 self.poll_once()
+                self.deliver_once()
                 if self.settings.watch.escalate:
                     for line in self.escalate_once():
                         log.warning(line)

@@ -40,7 +40,8 @@ import requests
 from hyperliquid.api import API
 from hyperliquid.exchange import Exchange
 from hyperliquid.utils.error import ClientError, ServerError
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.exposition import MetricsHandler
 
 from sandbox.faults import FaultBoard
 
@@ -651,6 +652,8 @@ class TradingBot:
         self.breaker_reason: str | None = None
         # Faults that are events, not conditions, hit only a process that saw them begin.
         self._hang_armed = not board.active("hang")
+        self._sick_armed = not board.active("sick")
+        self._stall_armed = not board.active("stall")
         self._stop_loss_done = board.active("stop-loss")
         self._ballast: list[bytes] = []
         self._process = psutil.Process()
@@ -682,6 +685,18 @@ class TradingBot:
             return False
         return self._hang_armed
 
+    def _event_fault(self, kind: str) -> bool:
+        """`sick` and `stall` hit the process that saw them begin, like `hang`: a restart cures them."""
+        armed = f"_{kind}_armed"
+        if not self.board.active(kind):
+            setattr(self, armed, True)
+            return False
+        return bool(getattr(self, armed))
+
+    @property
+    def sick(self) -> bool:
+        return self._event_fault("sick")
+
     # -- trading --
 
     def _trading_loop(self) -> None:
@@ -689,6 +704,9 @@ class TradingBot:
                                extra={"coins": list(self.config.coins), "seed": self.config.seed})
         while not self.stop.is_set():
             self.wait_while_hung()
+            if self._event_fault("stall"):  # the loop is wedged: /health still answers, metrics stand still
+                self.stop.wait(FAULT_POLL)
+                continue
             try:
                 self._tick()
             except ExchangeError:
@@ -987,7 +1005,9 @@ class TradingBot:
                                 "tripped": self.breaker_reason is not None, "reason": self.breaker_reason},
             "memory": {"status": "warn" if rss > MEMORY_WARN_MB else "pass", "rss_mb": rss},
         }
-        if not (ws.connected and api.reachable and api.auth_ok):
+        if self.sick:  # a failure of the bot's own: its order engine, not anything outside
+            checks["order_engine"] = {"status": "fail", "error": "order engine wedged: internal queue not draining"}
+        if not (ws.connected and api.reachable and api.auth_ok) or self.sick:
             status = "unhealthy"
         elif self.breaker_reason:
             status = "stopped"
@@ -1039,6 +1059,24 @@ class HealthHandler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - keep probes out of stderr
         return
+
+
+def serve_metrics(port: int, board: FaultBoard) -> None:
+    """Prometheus text on http://127.0.0.1:PORT/metrics (prometheus_client's handler), in a daemon thread;
+    under `metrics-hang` a scrape is taken and never answered."""
+
+    class Handler(MetricsHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            while board.active("metrics-hang"):
+                time.sleep(FAULT_POLL)
+            super().do_GET()
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
 class HealthServer(ThreadingHTTPServer):
@@ -1097,7 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bot = TradingBot(config, board, Metrics(config.shape))
         health = HealthServer(config.health_port, bot)
-        start_http_server(config.metrics_port, addr="127.0.0.1")
+        serve_metrics(config.metrics_port, board)
     except (OSError, ValueError, KeyError) as error:
         log.error(f"startup failed: {error!r}")
         return EXIT_CONFIG

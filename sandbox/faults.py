@@ -18,6 +18,12 @@ from typing import Any
 FAULT_KINDS: dict[str, str] = {
     "crash": "kill the bot process (SIGKILL); it stays down",
     "hang": "the bot stays alive but /health never answers and trading stops",
+    "sick": "the bot reports itself unhealthy (503, its own order_engine check failing); a restart cures it",
+    "stall": "the bot's trading loop stops: /health still answers 200 but its metrics stop changing; a restart cures it",
+    "smtp-down": "the local SMTP server refuses connections",
+    "smtp-hang": "the local SMTP server accepts connections and never answers",
+    "pager-down": "the local pager endpoint refuses connections",
+    "pager-hang": "the local pager endpoint accepts pages and never answers",
     "websocket": "the bot's websocket disconnects and does not come back until cleared",
     "websocket-blip": "the bot's websocket drops and reconnects by itself after a few seconds",
     "stop-loss": "the bot's open position hits its stop and is closed at a loss",
@@ -32,6 +38,8 @@ FAULT_KINDS: dict[str, str] = {
     "exchange-unreachable": "the exchange stops listening and drops its connections (connection refused)",
     "slack-down": "the Slack API answers 503",
     "slack-ratelimit": "the Slack API answers 429 with Retry-After",
+    "slack-hang": "the Slack API takes every call and never answers",
+    "metrics-hang": "the bot's metrics endpoint takes connections and never answers",
     "slack-auth": "the Slack API answers invalid_auth",
 }
 

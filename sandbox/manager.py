@@ -1,7 +1,8 @@
 """The sandbox's lifecycle: `up`, `down`, `status` and `fault` (the CLI's `runbook sandbox ...`).
 
-`up(DIR)` starts three detached processes on free loopback ports — the local Hyperliquid API, the
-local Slack API and the simulated bot — funds a fresh account whose trading key is an approved
+`up(DIR)` starts four detached processes on free loopback ports — the local Hyperliquid API, the
+local Slack API, the people channels (an SMTP server and a webhook pager, sandbox.people) and the
+simulated bot — funds a fresh account whose trading key is an approved
 agent, and writes `DIR/runbook.toml`, a complete runbook configuration pointing at them. The
 runbook then treats the sandbox bot like any real one: it finds it by pidfile and command line and
 restarts it with the TOML's `start_command`, never through this module.
@@ -12,6 +13,8 @@ Layout of DIR::
     runbook.toml     the runbook configuration (holds the Slack token: mode 0600)
     faults.json      the fault switchboard every process reads (sandbox.faults)
     exchange/        the Hyperliquid API's state;  slack/  the Slack API's (messages.jsonl)
+    smtp/            mail the local SMTP server took (messages.jsonl)
+    pager/           pages and SMS the local pager endpoint took (events.jsonl)
     logs/            exchange.log, slack.log (their stdout/stderr)
     bot/             the bot's home: config/, logs/, data/, trading_bot.pid
 """
@@ -41,7 +44,10 @@ from eth_account import Account
 
 from sandbox.faults import FAULT_KINDS, read_faults, write_faults
 
-MODULES = {"exchange": "sandbox.hyperliquid_api", "slack": "sandbox.slack_api", "bot": "sandbox.bot"}
+MODULES = {"exchange": "sandbox.hyperliquid_api", "slack": "sandbox.slack_api", "bot": "sandbox.bot",
+           "people": "sandbox.people"}
+# The folder on each component's command line that tells it is this sandbox's (see _verified).
+MARKERS = {"exchange": "exchange", "slack": "slack", "bot": "bot", "people": "smtp"}
 ALERT_CHANNEL = "#trading-alerts"
 STATUS_CHANNEL = "#trading-status"
 STARTING_BALANCE = "10000"
@@ -218,7 +224,7 @@ def down(directory: Path) -> list[str]:
     state = _require_state(directory)
     targets: list[tuple[str, psutil.Process]] = []
     lines: list[str] = []
-    for name in ("bot", "slack", "exchange"):
+    for name in ("bot", "slack", "exchange", "people"):
         found = [proc for pid in _candidate_pids(directory, state, name)
                  if (proc := _verified(pid, name, directory)) is not None]
         if not found:
@@ -251,6 +257,7 @@ def status(directory: Path) -> dict[str, Any]:
         "slack": lambda: httpx.post(f"{urls['slack']}auth.test", headers={"Authorization": f"Bearer {_token(directory)}"},
                                     timeout=PROBE_TIMEOUT_SECONDS).status_code,
         "bot": lambda: httpx.get(urls["health"], timeout=PROBE_TIMEOUT_SECONDS).status_code,
+        "people": lambda: httpx.get(f"{urls['pager']}/_sandbox/events", timeout=PROBE_TIMEOUT_SECONDS).status_code,
     }
     components: dict[str, dict[str, Any]] = {}
     for name, probe in probes.items():
@@ -258,7 +265,7 @@ def status(directory: Path) -> dict[str, Any]:
         components[name] = {
             "pid": pid if pid is not None else state["pids"].get(name),
             "alive": pid is not None,
-            "url": urls["health"] if name == "bot" else urls[name],
+            "url": urls["health"] if name == "bot" else urls["pager"] if name == "people" else urls[name],
             "answering": _probe(probe) if pid is not None else None,
         }
     return {
@@ -305,12 +312,14 @@ def _start(directory: Path, seed: int, startup_seconds: float, shape: str = "def
         folder.mkdir(parents=True, exist_ok=True)
     faults_file = directory / "faults.json"
     write_faults(faults_file, {})
-    exchange_port, slack_port, health_port, metrics_port, intake_port = _claim_ports(directory, 5)
+    exchange_port, slack_port, health_port, metrics_port, intake_port, smtp_port, pager_port = \
+        _claim_ports(directory, 7)
     urls = {
         "exchange": f"http://127.0.0.1:{exchange_port}",
         "slack": f"http://127.0.0.1:{slack_port}/api/",
         "health": f"http://127.0.0.1:{health_port}/health",
         "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        "pager": f"http://127.0.0.1:{pager_port}",
     }
     # The master key only proves the account exists; it is never stored. The bot trades with an agent.
     master = Account.create().address.lower()
@@ -319,7 +328,7 @@ def _start(directory: Path, seed: int, startup_seconds: float, shape: str = "def
     state: dict[str, Any] = {
         "directory": str(directory), "created_at": _now(), "seed": seed, "python": sys.executable,
         "ports": {"exchange": exchange_port, "slack": slack_port, "health": health_port, "metrics": metrics_port,
-                  "intake": intake_port},
+                  "intake": intake_port, "smtp": smtp_port, "pager": pager_port},
         "urls": urls, "pids": {}, "account_address": master, "agent_address": agent.address.lower(),
         "shape": shape,
     }
@@ -334,12 +343,19 @@ def _start(directory: Path, seed: int, startup_seconds: float, shape: str = "def
          "--faults", str(faults_file), "--token", token,
          "--channel", ALERT_CHANNEL.lstrip("#"), "--channel", STATUS_CHANNEL.lstrip("#")],
         cwd=directory, output=directory / "logs" / "slack.log")
+    state["pids"]["people"] = _launch(
+        [sys.executable, "-m", MODULES["people"], "--smtp-port", str(smtp_port), "--port", str(pager_port),
+         "--state-dir", str(directory / "smtp"), "--pager-dir", str(directory / "pager"), "--faults", str(faults_file)],
+        cwd=directory, output=directory / "logs" / "people.log")
     _write_state(directory, state)
     _wait_ready("exchange", state["pids"]["exchange"], directory / "logs" / "exchange.log",
                 lambda: httpx.post(f"{urls['exchange']}/info", json={"type": "meta"}, timeout=1).status_code == 200)
     _wait_ready("slack", state["pids"]["slack"], directory / "logs" / "slack.log",
                 lambda: httpx.post(f"{urls['slack']}auth.test", headers={"Authorization": f"Bearer {token}"},
                                    timeout=1).json().get("ok") is True)
+
+    _wait_ready("people", state["pids"]["people"], directory / "logs" / "people.log",
+                lambda: httpx.get(f"{urls['pager']}/_sandbox/events", timeout=1).status_code == 200)
 
     response = httpx.post(f"{urls['exchange']}/_sandbox/accounts", timeout=5, json={
         "address": master, "balance": STARTING_BALANCE, "agents": [agent.address.lower()]})
@@ -402,11 +418,14 @@ def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_tok
         'L3 = "<@U0MANAGER3>"',
         'L4 = "<@U0EXEC4>"',
         "",
+        *_oncall_toml(state),
         "[policy]",
         'restart = "auto"',
         "",
         "[recovery]",
         "verify_timeout_seconds = 30",
+        "# the bot ticks every 3 s, so its request counter moves within this window",
+        "liveness_window_seconds = 7",
         "",
         "[backup]",
         f"folder = {q(str(directory / 'backups'))}",
@@ -439,6 +458,30 @@ def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_tok
         f"key_file = {q(str(home / 'config' / 'agent_key.json'))}",
         "",
     ]) + (ALT_RUNBOOK_TOML + ALT_WATCH_PATTERNS if state.get("shape") == "alt" else "")
+
+
+# The sandbox's on-call rota: one person per level, each reachable by pager, SMS and email on the local
+# servers. Pager pages go to /pager/<level>, SMS to /sms/<level> of the same local endpoint.
+ONCALL = (("L1", "Ada Oncall", "U0ONCALL1", 5), ("L2", "Sam Senior", "U0SENIOR2", 15),
+          ("L3", "Max Manager", "U0MANAGER3", 60), ("L4", "Eve Exec", "U0EXEC4", 240))
+
+
+def _oncall_toml(state: dict[str, Any]) -> list[str]:
+    smtp, pager = state["ports"]["smtp"], state["urls"]["pager"].removeprefix("http://")
+    lines = ["[oncall]", "# Undelivered pages are retried quickly here (production: 30 s doubling to 15 min).",
+             "retry_initial_seconds = 2", "retry_max_seconds = 10", "send_timeout_seconds = 5", ""]
+    for level, name, slack_id, minutes in ONCALL:
+        email = name.split()[0].lower() + "@sandbox.invalid"
+        lines += [
+            f"[oncall.levels.{level}]", f"response_minutes = {minutes}", "",
+            f"[[oncall.levels.{level}.contacts]]", f"name = {_toml(name)}", f"slack_id = {_toml(slack_id)}",
+            f"email = {_toml(email)}", 'phone = "+15550100"',
+            f"email_url = {_toml(f'mailto://127.0.0.1:{smtp}?from=runbook@sandbox.invalid&to={email}&mode=insecure')}",
+            f"pager_url = {_toml(f'json://{pager}/pager/{level}')}",
+            f"sms_url = {_toml(f'json://{pager}/sms/{level}')}",
+            "",
+        ]
+    return lines
 
 
 def _toml(value: str | list[str]) -> str:
@@ -524,7 +567,7 @@ def _component_pid(directory: Path, state: dict[str, Any], name: str) -> int | N
 
 def _verified(pid: int, name: str, directory: Path) -> psutil.Process | None:
     """The process if it is alive and its command line is this sandbox's `name` (guards against PID reuse)."""
-    marker = str(directory / ("bot" if name == "bot" else name))
+    marker = str(directory / MARKERS[name])
     try:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:

@@ -10,6 +10,7 @@ Run: `python -m sandbox.slack_api --port P --state-dir D --faults F --token T --
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -384,6 +385,8 @@ def create_app(state_dir: Path, faults_file: Path, token: str, channels: list[st
     @app.api_route("/api/{method}", methods=["GET", "POST"])
     async def api(method: str, request: Request) -> Response:
         args: JsonDict = {}
+        if faults.active("slack-hang"):  # takes the call, never answers
+            await asyncio.sleep(3600)
         try:
             args = await read_args(request)
             faulted = fault_response()

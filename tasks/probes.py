@@ -149,6 +149,29 @@ def read_metrics(bot: BotSettings) -> MetricsSnapshot:
     return read_metrics_once(bot)
 
 
+def metric_total(snapshot: MetricsSnapshot, name: str) -> float | None:
+    """A metric summed over its labels (None when the bot does not expose it)."""
+    values = [v for k, v in snapshot.samples.items() if k.split("{")[0] == name]
+    return sum(values) if values else None
+
+
+@task(name="check metrics move", cache_policy=NO_CACHE_POLICY)
+def liveness(bot: BotSettings, metric: str, window_seconds: float) -> tuple[bool | None, str]:
+    """Runbook crash symptom "No metrics updates": does the bot's own liveness metric change within the
+    window? (None: the metric cannot be read, so it says nothing.)"""
+    first = read_metrics_once(bot)
+    start = metric_total(first, metric)
+    if start is None:
+        return None, f"{metric} not readable: {first.error or 'not exposed'}"
+    deadline = time.monotonic() + window_seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(1.0, window_seconds / 4))
+        now = metric_total(read_metrics_once(bot), metric)
+        if now is not None and now != start:
+            return True, f"{metric} moving ({start:g} -> {now:g})"
+    return False, f"{metric} unchanged at {start:g} for {window_seconds:g}s"
+
+
 def number(value: Any) -> float | None:
     """A /health value as a float, or None when it is missing, a bool or not a number."""
     if isinstance(value, bool) or value is None:

@@ -39,6 +39,11 @@ from conftest import running_sandbox
 KEY_ENV = "RUNBOOK_TEST_AUTH_KEY"
 
 
+def stakeholder(message: dict) -> bool:
+    """A stakeholder update (the status channel), not a message of the incident's thread."""
+    return "Trading System Status Update" in (message.get("text") or "")
+
+
 def config_of(directory: Path) -> Path:
     return directory / "runbook.toml"
 
@@ -191,7 +196,7 @@ def test_keys_are_told_apart_and_never_shown(shared: Path, tmp_path: Path, kind:
     if step is not None:
         messages = httpx.get(load_settings(config_of(shared)).slack.base_url.removesuffix("/api/")
                              + "/_sandbox/messages", timeout=5).json()
-        last = [m for m in messages if m["method"] == "chat.postMessage"][-1]["text"]
+        last = [m for m in messages if m["method"] == "chat.postMessage" and not stakeholder(m)][-1]["text"]
         assert "Status: ESCALATED" in last and f"- {step}" in last
     report = Path(outcome.report_path).read_text()
     noop_accepted = kind != "wrong key" and kind != "unapproved agent"

@@ -24,6 +24,11 @@ from tasks.probes import _latency_from_text
 from conftest import running_sandbox
 
 
+def stakeholder(message: dict) -> bool:
+    """A stakeholder update (the status channel), not a message of the incident's thread."""
+    return "Trading System Status Update" in (message.get("text") or "")
+
+
 def config_of(directory: Path) -> Path:
     return directory / "runbook.toml"
 
@@ -99,7 +104,7 @@ def _slack_last(directory: Path) -> str:
     import httpx
 
     base = load_settings(config_of(directory)).slack.base_url.removesuffix("/api/")
-    posts = [m for m in httpx.get(f"{base}/_sandbox/messages", timeout=5).json() if m["method"] == "chat.postMessage"]
+    posts = [m for m in httpx.get(f"{base}/_sandbox/messages", timeout=5).json() if m["method"] == "chat.postMessage" and not stakeholder(m)]
     return posts[-1]["text"]
 
 

@@ -34,6 +34,11 @@ def recovery_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNBOOK_RECOVERY__STOP_TIMEOUT_SECONDS", "2")
 
 
+def stakeholder(message: dict) -> bool:
+    """A stakeholder update (the status channel), not a message of the incident's thread."""
+    return "Trading System Status Update" in (message.get("text") or "")
+
+
 def config_of(directory: Path) -> Path:
     return directory / "runbook.toml"
 
@@ -89,7 +94,7 @@ def test_killed_bot_is_restarted_and_verified(sandbox: Path) -> None:
     report = Path(outcome.report_path).read_text()
     assert "Incident #" in report and "Last 100 log messages" in report and "System resources" in report
     # Slack: one thread, the runbook's template, statuses in order.
-    posts = [m for m in slack_messages(sandbox) if m["method"] == "chat.postMessage"]
+    posts = [m for m in slack_messages(sandbox) if m["method"] == "chat.postMessage" and not stakeholder(m)]
     root = posts[0]
     assert "Subject: [ALERT] Trading Bot - Bot Crashed/Stopped" in root["text"] and "Status: OPEN" in root["text"]
     assert all(p.get("thread_ts") == root["ts"] for p in posts[1:])
@@ -126,7 +131,7 @@ def test_bot_that_will_not_start_escalates(sandbox: Path) -> None:
     assert "ESCALATED" in result.stdout and "incident report:" in result.stdout
     incident = journal_of(sandbox).incidents()[0]
     assert incident.status == j.ESCALATED and incident.escalation_level == "L2"
-    last = [m for m in slack_messages(sandbox) if m["method"] == "chat.postMessage"][-1]
+    last = [m for m in slack_messages(sandbox) if m["method"] == "chat.postMessage" and not stakeholder(m)][-1]
     assert "Status: ESCALATED" in last["text"] and "<@U0SENIOR2>" in last["text"]
 
 
@@ -160,7 +165,7 @@ def test_slack_outage_does_not_stop_recovery(sandbox: Path) -> None:
     outcome = recover(sandbox)
     assert outcome.outcome == j.AUTO_RESOLVED
     assert health_code(sandbox) == 200
-    undelivered = journal_of(sandbox).undelivered(outcome.incident_id)
+    undelivered = [n for n in journal_of(sandbox).undelivered(outcome.incident_id) if n.status_line != "STAKEHOLDER"]
     assert [n.status_line for n in undelivered] == ["OPEN", "INVESTIGATING", "RESOLVED"]
     assert all("503" in (n.error or "") for n in undelivered)
     assert "Status: RESOLVED" in undelivered[-1].text

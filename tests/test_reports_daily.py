@@ -283,6 +283,15 @@ def test_flow_summarises_the_sandbox_day_posts_the_pdf_and_links_it(traded: Path
 
     from flows.daily_summary import daily_summary
 
+    from runbook.journal import Journal
+    from runbook.settings import load_settings
+    from tasks.oncall import digest, page_people
+
+    # an INFO of the day, kept for the digest (tasks.oncall), is carried by the summary's post, once
+    settings = load_settings(traded / "runbook.toml")
+    info, _ = Journal(settings.journal_url).open_incident("new-balance-high", "sandbox", "INFO", "test")
+    page_people(settings.oncall, settings.journal_url, info.id, "INFO", "New Balance High on sandbox: 10,001.00 USD", "")
+
     today = datetime.now(UTC).date()
     outcome = daily_summary(config=str(traded / "runbook.toml"), date=today.isoformat())
     assert not outcome.failures and len(outcome.pdfs) == 1
@@ -308,6 +317,8 @@ def test_flow_summarises_the_sandbox_day_posts_the_pdf_and_links_it(traded: Path
     assert completed[-1]["files"][0]["name"] == pdf.name
     assert Path(completed[-1]["files"][0]["path"]).read_bytes() == pdf.read_bytes()
     assert f"{again.trades} trades" in completed[-1]["text"]
+    assert f"#{info.id} New Balance High on sandbox: 10,001.00 USD" in completed[-1]["text"]
+    assert digest(settings.journal_url, "sandbox") == ([], "")
     assert outcome.slack[0]["delivered"] and outcome.slack[0]["permalink"]
     with get_client(sync_client=True) as client:
         mine = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["daily-summary-sandbox"])),

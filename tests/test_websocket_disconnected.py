@@ -29,6 +29,11 @@ from tasks.process import locate_bot
 from conftest import running_sandbox
 
 
+def stakeholder(message: dict) -> bool:
+    """A stakeholder update (the status channel), not a message of the incident's thread."""
+    return "Trading System Status Update" in (message.get("text") or "")
+
+
 def config_of(directory: Path) -> Path:
     return directory / "runbook.toml"
 
@@ -59,7 +64,7 @@ def wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
 def thread_statuses(directory: Path, incident_id: int) -> list[str]:
     """The status lines of the incident's Slack thread, in order."""
     base = load_settings(config_of(directory)).slack.base_url.removesuffix("/api/")
-    posts = [m for m in httpx.get(f"{base}/_sandbox/messages", timeout=5).json() if m["method"] == "chat.postMessage"]
+    posts = [m for m in httpx.get(f"{base}/_sandbox/messages", timeout=5).json() if m["method"] == "chat.postMessage" and not stakeholder(m)]
     mine = [p for p in posts if f"incident #{incident_id})" in p["text"]]
     root = mine[0]
     assert all(p.get("thread_ts") == root["ts"] for p in mine[1:]), "one thread per incident"

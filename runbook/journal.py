@@ -308,7 +308,8 @@ def migrate(engine: Engine) -> list[str]:
         raise JournalError(f"runbook/migrations has {len(heads)} newest revisions ({', '.join(sorted(heads))}): "
                            "two migrations claim the same parent; point one's down_revision at the other")
     with _sqlite_migration_lock(engine.url.render_as_string(hide_password=False)), engine.begin() as connection:
-        if connection.dialect.name == "postgresql":
+        if connection.dialect.name == "postgresql":  # the wait for another migrating process has a deadline too
+            connection.execute(text(f"SET LOCAL lock_timeout = '{int(MIGRATION_LOCK_SECONDS)}s'"))
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
         context = MigrationContext.configure(connection)
         current = set(context.get_current_heads())

@@ -245,6 +245,7 @@ def test_two_watchers_sharing_a_postgresql_journal_make_one_incident_and_one_res
                      f"{log.parent.name} to serve")
             assert process.poll() is None, log.read_text()[-3000:]
         journal = Journal(journal_url)  # the schema both made (one of them migrated it, the other waited)
+        assert _schema_differences(journal_url) == []  # the migrations build the model on PostgreSQL too
 
         manager.fault(fleet_host, "crash")
         wait_for(lambda: journal.incidents(alert=FLOW), 60, "a crash-recovery incident in the shared journal")
@@ -279,3 +280,16 @@ def test_two_watchers_sharing_a_postgresql_journal_make_one_incident_and_one_res
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=5)
+
+
+def _schema_differences(url: str) -> list[Any]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return compare_metadata(MigrationContext.configure(connection), j.Base.metadata)
+    finally:
+        engine.dispose()

@@ -169,7 +169,7 @@ def measure_backup(size_mb: int, rounds: int, say: Progress, keep: bool) -> dict
 
 
 class Monitor(threading.Thread):
-    """Samples (t, bot PID gone, open orders, positions) until stopped."""
+    """Samples (t, bot PID gone, open non-protective orders, positions) until stopped."""
 
     def __init__(self, pid: int | None, exchange: str, account: str, t0: float) -> None:
         super().__init__(daemon=True)
@@ -197,7 +197,10 @@ class Monitor(threading.Thread):
         with httpx.Client(base_url=self.exchange, timeout=5) as client:
             while not self.done.is_set():
                 gone = self._gone()
-                orders = len(client.post("/info", json={"type": "frontendOpenOrders", "user": self.account}).json())
+                # Orders that could still trade: stop-losses / take-profits (reduce-only triggers) are kept on
+                # purpose until their position is flat ([emergency] keep_protective_orders).
+                orders = sum(1 for o in client.post("/info", json={"type": "frontendOpenOrders", "user": self.account})
+                             .json() if not (o.get("reduceOnly") and o.get("isTrigger")))
                 state = client.post("/info", json={"type": "clearinghouseState", "user": self.account}).json()
                 self.samples.append((time.monotonic() - self.t0, gone, orders, len(state["assetPositions"])))
                 time.sleep(POLL_SECONDS)

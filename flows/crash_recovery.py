@@ -116,8 +116,9 @@ def _respond(run: IncidentRun) -> Outcome:
     run.tell("INVESTIGATING", f"bot {diagnosis.verdict}: {diagnosis.describe()}", ["capture evidence", "restart the bot"])
     capture_evidence(run)
 
-    what = ("kill the hung bot (verified PID) and start it again" if diagnosis.process else "start the bot") + \
-        f" with `{' '.join(run.bot.start_command) or run.bot.systemd_unit}`"
+    what = None if run.bot.supervised else (
+        ("kill the hung bot (verified PID) and start it again" if diagnosis.process else "start the bot")
+        + f" with {run.bot.start_description}")
     result = guarded_restart(run, diagnosis.process, f"bot {diagnosis.verdict}", what)
     if isinstance(result, Outcome):
         return result

@@ -37,7 +37,7 @@ from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.logs import PatternScan, scan_log
 from tasks.futures import settle
 from tasks.probes import HealthReport, breaker_state, check_health, dig, health_field, number
-from tasks.process import BotProcess, ProcessError, check_process, stop_process
+from tasks.process import BotProcess, ProcessError, check_process, stop_bot
 
 ALERT = "daily-loss-limit"
 TOP_LOSERS = 5
@@ -359,7 +359,7 @@ def _ensure_stopped(run: IncidentRun, seen: Look, tripped: bool, reason: str | N
     try:
         with bot_lock(run.bot_name, run.settings.recovery.lock_timeout_seconds,
                       run.settings.recovery.lock_lease_seconds):
-            result = stop_process(seen.process, run.bot, run.settings.recovery.stop_timeout_seconds)
+            result = stop_bot(seen.process, run.bot, run.settings.recovery.stop_timeout_seconds)
             after = check_process(run.bot)
     except TimeoutError:
         run.act("stop", "not stopped: another remediation holds the bot", ok=False, detail={"pid": pid})

@@ -12,6 +12,11 @@
    address of each — never the key.
 3. Change All Credentials — the rotation checklist: API keys (the agent to revoke, by address), alert
    channel tokens, SSH keys (the authorized_keys files on this host).
+   Zeroizing local files does not secure a copied key: the exchange is asked whether the bot's signing
+   address is still an approved agent of the account (`userRole` / `extraAgents`). While it is, the report
+   and Slack lead with "key still valid at the exchange: revoke it" and how (approve a replacement agent
+   under the same name from the master account, which drops the old one, or let it expire); the flow
+   re-checks for `[emergency] key_revocation_watch_seconds` and records when it saw it revoked.
 Internal and stakeholder notifications; the incident ends escalated: people rotate the credentials.
 """
 
@@ -29,12 +34,13 @@ from runbook.markdown import table
 from runbook.policy import authorize
 from runbook.redact import REDACTED
 from runbook.settings import resolve_secret
+from tasks.agent_key import KeyStanding, await_revocation, check_key_at_exchange
 from tasks.evidence import BackupError, BackupResult, backup_evidence
 from tasks.exchange import KeyUnavailable, load_signing_key
 from tasks.forensics import ForensicSnapshot, forensic_snapshot
 from tasks.futures import settle
 from tasks.notify import StakeholderUpdate, notify_stakeholders
-from tasks.process import ProcessError, locate_bot, stop_process
+from tasks.process import ProcessError, locate_bot, stop_bot
 from tasks.zeroize import ZeroizeRecord, key_targets, zeroize_keys
 
 ALERT = "security-breach"
@@ -131,6 +137,7 @@ def security_breach(bot: str | None = None, config: str | None = None, incident_
     run.tell("OPEN", "Security breach suspected", ["forensic snapshot", "stop the bot", "preserve evidence",
                                                    "secure keys (approval)", "rotate credentials"], mention_level="L1")
     secrets = _known_secrets(run)
+    signer = _signer(run)  # the public address only, read before the key files may be zeroized
 
     # Forensics before anything changes: the bot's connections exist only while it runs.
     snapshot, snapshot_error = settle(forensic_snapshot.submit(run.bot))
@@ -156,13 +163,19 @@ def security_breach(bot: str | None = None, config: str | None = None, incident_
 
     zeroized, keys_text, keys_failed = _secure_keys(run, assume_yes)
     run.add_evidence("Credential rotation checklist", rotation_checklist(run, zeroized))
-    run.tell("INVESTIGATING", f"Bot: {stop_text}. Keys: {keys_text}.",
-             ["rotate every credential on the checklist in the incident report", "isolate the host if confirmed"])
+    standing, exchange_text = _key_at_exchange(run, signer)
+    run.tell("INVESTIGATING", f"{exchange_text[0].upper()}{exchange_text[1:]}. Bot: {stop_text}. Keys: {keys_text}.",
+             (["REVOKE THE KEY AT THE EXCHANGE: " + standing.revoke_how()] if standing and standing.valid else [])
+             + ["rotate every credential on the checklist in the incident report", "isolate the host if confirmed"])
+    if standing is not None and standing.valid:
+        standing, exchange_text = _watch_revocation(run, standing)
+    still_valid = standing is None or standing.valid
 
     update = StakeholderUpdate(
         severity=run.alert.severity.value,
         brief_description=f"Suspected security breach of the trading system (bot {run.bot_name}).",
-        impact_on_trading=("Trading stopped" if stopped else "Trading NOT stopped") + f"; keys: {keys_text}.",
+        impact_on_trading=f"{exchange_text[0].upper()}{exchange_text[1:]}. "
+        + ("Trading stopped" if stopped else "Trading NOT stopped") + f"; keys: {keys_text}.",
         downtime_duration="ongoing until credentials are rotated and the host is cleared",
         identified_cause="under investigation (forensic evidence preserved)",
         steps_taken=list(run.actions_taken),
@@ -173,11 +186,13 @@ def security_breach(bot: str | None = None, config: str | None = None, incident_
     notify_stakeholders(run.settings.slack, run.settings.journal_url, run.incident_id, update)
 
     failed = not stopped or backup is None or keys_failed
-    summary = (f"Security breach suspected. Bot: {stop_text}. Evidence: "
+    summary = (f"{exchange_text[0].upper()}{exchange_text[1:]}. Security breach suspected. Bot: {stop_text}. Evidence: "
                + (f"{backup.path}" if backup else "NOT preserved") + f". Keys: {keys_text}. "
                "Credentials must be rotated by people (checklist in the report); isolating the host is a "
                "person's decision.")
-    next_steps = ([] if stopped else [f"STOP THE BOT BY HAND: {stop_text}"]) + [
+    next_steps = ([f"REVOKE THE KEY AT THE EXCHANGE: {standing.revoke_how()}" if standing else
+                   f"CHECK AT THE EXCHANGE whether the bot's key is still approved: {exchange_text}"]
+                  if still_valid else []) + ([] if stopped else [f"STOP THE BOT BY HAND: {stop_text}"]) + [
         "work through the credential rotation checklist in the incident report",
         "isolate the host if the breach is confirmed (instruction in the report)",
         "contact authorities if funds were stolen",
@@ -188,6 +203,45 @@ def security_breach(bot: str | None = None, config: str | None = None, incident_
     return outcome
 
 
+def _signer(run: IncidentRun) -> str | None:
+    try:
+        return load_signing_key(run.bot).address.lower()
+    except KeyUnavailable as error:
+        run.note(f"the bot's signing key could not be read, so its standing at the exchange is unknown: {error}")
+        return None
+
+
+def _key_at_exchange(run: IncidentRun, signer: str | None) -> tuple[KeyStanding | None, str]:
+    """Is the bot's signing address still an approved agent of the account? (standing, one phrase)"""
+    if signer is None:
+        return None, "key standing at the exchange UNKNOWN (the key could not be read); check it is revoked"
+    standing, error = settle(check_key_at_exchange.submit(run.bot.hyperliquid, signer))
+    if standing is None:
+        run.act("key-at-exchange", f"could not read whether {signer} is still approved: {error}", ok=False)
+        return None, f"key standing at the exchange UNKNOWN ({error}); check {signer} is revoked"
+    run.act("key-at-exchange", standing.headline(), ok=not standing.valid, detail=standing.to_dict())
+    return standing, standing.headline()
+
+
+def _watch_revocation(run: IncidentRun, standing: KeyStanding) -> tuple[KeyStanding, str]:
+    """Re-check every `key_recheck_interval_seconds` for `key_revocation_watch_seconds`; record when it went."""
+    emergency = run.settings.emergency
+    interval = emergency.key_recheck_interval_seconds
+    checks = int(emergency.key_revocation_watch_seconds // interval)
+    if checks < 1:
+        return standing, standing.headline()
+    watch = await_revocation.with_options(retries=checks - 1, retry_delay_seconds=interval)
+    revoked, error = settle(watch.submit(run.bot.hyperliquid, standing.signer))
+    if revoked is None:
+        run.note(f"re-checked for {emergency.key_revocation_watch_seconds:g}s: {error}")
+        return standing, standing.headline() + f" — STILL VALID after {emergency.key_revocation_watch_seconds:g}s of re-checks"
+    run.act("key-revoked", f"{revoked.signer} revoked at the exchange: no longer an approved agent at "
+            f"{revoked.checked_at:%Y-%m-%d %H:%M:%S} UTC (userRole {revoked.role!r})", detail=revoked.to_dict())
+    text = f"key revoked at the exchange (seen at {revoked.checked_at:%H:%M:%S} UTC): {revoked.signer} no longer trades"
+    run.tell("INVESTIGATING", f"{text[0].upper()}{text[1:]}.", ["rotate the remaining credentials on the checklist"])
+    return revoked, text
+
+
 def _stop_bot(run: IncidentRun, assume_yes: bool) -> tuple[bool, str]:
     """Runbook "Isolate System", the part this system does: stop the bot (verified PID) under `kill`."""
     policy = run.settings.policy
@@ -196,21 +250,23 @@ def _stop_bot(run: IncidentRun, assume_yes: bool) -> tuple[bool, str]:
     except ProcessError as error:
         run.act("stop", f"not stopped: {error}", ok=False)
         return False, f"NOT stopped ({error})"
-    if process is None:
+    if process is None and not run.bot.supervised:
         run.act("stop", "no bot process was running")
         return True, "no bot process was running"
-    decision = authorize(policy.kill, f"stop the trading bot (PID {process.pid})", policy.approval_timeout_seconds,
-                         assume_yes)
+    pid = process.pid if process else None
+    # A supervised bot is stopped through its supervisor even when it is down right now (it could be restarting).
+    what = f"stop the trading bot (PID {pid})" if process else "keep the trading bot stopped at its supervisor"
+    decision = authorize(policy.kill, what, policy.approval_timeout_seconds, assume_yes)
     if not decision.allowed:
-        run.act("stop", f"bot not stopped: {decision.how}", ok=False, dry_run=decision.dry_run, detail={"pid": process.pid})
+        run.act("stop", f"bot not stopped: {decision.how}", ok=False, dry_run=decision.dry_run, detail={"pid": pid})
         return False, f"NOT stopped ({decision.how})"
     started = time.monotonic()
     try:
-        text = stop_process(process, run.bot, run.settings.emergency.stop_timeout_seconds)
+        text = stop_bot(process, run.bot, run.settings.emergency.stop_timeout_seconds)
     except ProcessError as error:
-        run.act("stop", f"stop failed: {error}", ok=False, detail={"pid": process.pid})
+        run.act("stop", f"stop failed: {error}", ok=False, detail={"pid": pid})
         return False, f"NOT stopped ({error})"
-    run.act("stop", f"{text} in {time.monotonic() - started:.2f}s ({decision.how})", detail={"pid": process.pid})
+    run.act("stop", f"{text} in {time.monotonic() - started:.2f}s ({decision.how})", detail={"pid": pid})
     return True, f"stopped ({text})"
 
 

@@ -29,6 +29,14 @@ class Policy(str, Enum):
     dry_run = "dry-run"
 
 
+class Supervisor(str, Enum):
+    """What keeps the bot running: nothing (we start it with start_command), a systemd unit, a supervisord program."""
+
+    none = "none"
+    systemd = "systemd"
+    supervisord = "supervisord"
+
+
 class Section(BaseModel):
     model_config = {"extra": "forbid"}
 
@@ -75,7 +83,17 @@ class BotSettings(Section):
     process_match: list[str] = Field(min_length=1)
     pidfile: Path | None = None
     start_command: list[str] = []
+    # A supervised bot is stopped, started and restarted through its supervisor (`systemctl stop|start|restart
+    # UNIT`, `supervisorctl stop|start|restart NAME`), so a deliberate stop stays stopped. `supervisor_name` is
+    # the unit or program name; `systemd_unit = "X"` alone means supervisor = "systemd", supervisor_name = "X".
+    supervisor: Supervisor = Supervisor.none
+    supervisor_name: str | None = None
     systemd_unit: str | None = None
+    # The control commands (argument lists, no shell): e.g. ["systemctl", "--user"] or
+    # ["supervisorctl", "-c", "/etc/supervisor/supervisord.conf"].
+    systemctl: list[str] = Field(["systemctl"], min_length=1)
+    supervisorctl: list[str] = Field(["supervisorctl"], min_length=1)
+    supervisor_timeout_seconds: float = Field(60.0, gt=0)
     health_url: str = "http://localhost:8001/health"
     metrics_url: str = "http://localhost:8000/metrics"
     probe_timeout_seconds: float = 3.0
@@ -94,9 +112,29 @@ class BotSettings(Section):
 
     @model_validator(mode="after")
     def _startable(self) -> "BotSettings":
-        if not self.start_command and not self.systemd_unit:
-            raise ValueError("give start_command or systemd_unit, or the bot cannot be restarted")
+        if self.systemd_unit and self.supervisor is Supervisor.none:
+            self.supervisor, self.supervisor_name = Supervisor.systemd, self.supervisor_name or self.systemd_unit
+        if self.supervisor is not Supervisor.none and not self.supervisor_name:
+            raise ValueError(f"supervisor = {self.supervisor.value!r} needs supervisor_name (the unit or program name)")
+        if not self.start_command and self.supervisor is Supervisor.none:
+            raise ValueError("give start_command or a supervisor (systemd_unit, or supervisor = \"systemd\" | "
+                             "\"supervisord\" with supervisor_name), or the bot cannot be restarted")
         return self
+
+    @property
+    def supervised(self) -> bool:
+        return self.supervisor is not Supervisor.none
+
+    def supervisor_command(self, verb: str) -> list[str]:
+        """The argument list that makes the supervisor `verb` (stop, start, restart, status) the bot."""
+        control = self.systemctl if self.supervisor is Supervisor.systemd else self.supervisorctl
+        return [*control, verb, str(self.supervisor_name)]
+
+    @property
+    def start_description(self) -> str:
+        if self.supervised:
+            return "`" + " ".join(self.supervisor_command("start")) + "`"
+        return "`" + " ".join(self.start_command) + "`"
 
     def path(self, relative: Path) -> Path:
         """A bot path from config, resolved against the bot's working dir."""
@@ -369,9 +407,26 @@ class EmergencySettings(Section):
 
     # SIGTERM grace before SIGKILL when all trading must stop (crash recovery uses recovery.stop_timeout_seconds).
     stop_timeout_seconds: float = Field(3.0, gt=0)
-    # Cancelling all open orders also removes the bot's stop-losses; keep reduce-only trigger orders
-    # (they can only shrink a position) with true.
-    keep_protective_orders: bool = False
+    # Stop-losses and take-profits (reduce-only trigger orders: they can only shrink a position) stay on the book
+    # while trading is stopped and a liquidation waits; a position's are cancelled once it is verified flat.
+    # false cancels them with every other order at once (positions left open are then unprotected).
+    keep_protective_orders: bool = True
+    # Hyperliquid's dead man's switch (scheduleCancel), armed when trading is stopped: the exchange cancels every
+    # open order this many seconds later if nothing else did (0: never armed). Disarmed again once every bot
+    # process is verified stopped while protective orders are kept (it would cancel them too). The exchange
+    # refuses it below a traded-volume minimum; the report says so.
+    dead_mans_switch_seconds: float = Field(300.0, ge=0)
+    # security-breach: how long the flow re-checks (every key_recheck_interval_seconds) whether the bot's key is
+    # still an approved agent at the exchange, and records when it was revoked.
+    key_revocation_watch_seconds: float = Field(300.0, ge=0)
+    key_recheck_interval_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("dead_mans_switch_seconds")
+    @classmethod
+    def _switch(cls, value: float) -> float:
+        if 0 < value < 5:
+            raise ValueError("the exchange needs at least 5 seconds (or 0: never arm it)")
+        return value
     # Each close is a reduce-only IOC priced at mid x (1 +/- slippage); what did not fill is retried
     # (fresh mid each time) up to `liquidation_attempts` times, `liquidation_retry_delay_seconds` apart.
     liquidation_slippage: float = Field(0.03, gt=0, le=0.2)

@@ -38,7 +38,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from hyperliquid.utils.signing import recover_agent_or_user_from_l1_action
+from hyperliquid.utils.signing import recover_agent_or_user_from_l1_action, recover_user_from_user_signed_action
 
 from sandbox.faults import FaultBoard
 from sandbox.servers import common_arguments, serve
@@ -67,6 +67,11 @@ ERR_MIN_VALUE = "Order must have minimum value of $10."
 ERR_TICK = "Price must be divisible by tick size."
 ERR_SIZE = "Order has invalid size."
 ERR_CANCEL = "Order was never placed, already canceled, or filled."
+# The dead man's switch (scheduleCancel) is refused below this cumulative traded volume, as on the exchange.
+SCHEDULE_CANCEL_MIN_VOLUME = Decimal("1000000")
+# approveAgent is user-signed by the master key (EIP-712 "HyperliquidTransaction:ApproveAgent").
+APPROVE_AGENT_TYPES = [{"name": "hyperliquidChain", "type": "string"}, {"name": "agentAddress", "type": "address"},
+                       {"name": "agentName", "type": "string"}, {"name": "nonce", "type": "uint64"}]
 
 
 class BadRequest(Exception):
@@ -391,6 +396,8 @@ class Venue:
                 account["balance"] = fmt_usd(D(body["balance"]))
             if body.get("agents") is not None:
                 account["agents"] = self._parse_agents(body["agents"], master)
+            if body.get("cum_vlm") is not None:  # traded volume, e.g. enough for the dead man's switch
+                account["cum_vlm"] = fmt_usd(D(body["cum_vlm"]))
             self._save()
             return {"address": master, **copy.deepcopy(account)}
 
@@ -935,8 +942,39 @@ class Venue:
         if when is not None:
             if not isinstance(when, int) or when < now_ms() + 5000:
                 raise ExchangeError("Scheduled cancel time too early, must be at least 5 seconds from now.")
+            traded = D(self.state["accounts"][master].get("cum_vlm", "0"))
+            if traded < SCHEDULE_CANCEL_MIN_VOLUME:
+                raise ExchangeError("Cannot set scheduled cancel time until enough volume traded. "
+                                    f"Required: ${SCHEDULE_CANCEL_MIN_VOLUME}. Traded: ${fmt_usd(traded)}.")
         self.state["accounts"][master]["scheduled_cancel"] = when
         return {"type": "default"}
+
+    def approve_agent(self, action: JsonDict, signature: JsonDict, nonce: int) -> JsonDict:
+        """`approveAgent`, signed by the master key: approve `agentAddress` under `agentName` (optionally
+        "NAME valid_until MS"); an agent already approved under that name (or the unnamed one) is dropped."""
+        address, raw_name = action.get("agentAddress"), action.get("agentName", "")
+        if not isinstance(address, str) or not ADDRESS_RE.match(address) or not isinstance(raw_name, str):
+            raise BadRequest("bad approveAgent")
+        try:
+            signer = recover_user_from_user_signed_action(
+                {**action, "agentName": raw_name}, signature, APPROVE_AGENT_TYPES, "HyperliquidTransaction:ApproveAgent",
+                False).lower()
+        except Exception as exc:  # noqa: BLE001 - any undecodable signature is a bad body
+            raise BadRequest("bad signature") from exc
+        name, _, until = raw_name.partition(" valid_until ")
+        with self._lock:
+            if signer not in self.state["accounts"]:  # an agent cannot approve agents
+                raise ExchangeError(f"User or API Wallet {signer} does not exist.")
+            self.authenticate(signer, nonce, None, None)
+            agents = self.state["accounts"][signer]["agents"]
+            for old in [a for a, entry in agents.items() if entry["name"] == name]:
+                del agents[old]
+            for account in self.state["accounts"].values():  # an agent serves one master
+                account["agents"].pop(address.lower(), None)
+            agents[address.lower()] = {"name": name, "validUntil": int(until) if until.strip().isdigit()
+                                       else now_ms() + 180 * 86_400_000}
+            self._save()
+            return {"status": "ok", "response": {"type": "default"}}
 
     def _find_open(self, master: str, coin: CoinSpec, match: Callable[[JsonDict], bool]) -> JsonDict | None:
         for order in self.state["orders"].get(master, {}).values():
@@ -1481,6 +1519,11 @@ def create_app(state_dir: Path, faults_file: Path, seed: int = 7, recorded_dir: 
             return faulted
         try:
             action, nonce, signature, vault, expires = parse_exchange_body(await read_json(request))
+            if action["type"] == "approveAgent":
+                try:
+                    return JSONResponse(venue.approve_agent(action, signature, nonce))
+                except ExchangeError as err:
+                    return JSONResponse({"status": "err", "response": str(err)})
             try:
                 signer = recover_agent_or_user_from_l1_action(action, signature, vault, nonce, expires, False).lower()
             except Exception as exc:  # noqa: BLE001 - any undecodable signature is a bad body

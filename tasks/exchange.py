@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -133,7 +134,7 @@ class CancelReport:
             return "no open orders on the exchange"
         parts = [f"{len(self.cancelled)} of {self.found} open orders cancelled"]
         if self.kept:
-            parts.append(f"{len(self.kept)} protective (reduce-only) kept")
+            parts.append(f"{len(self.kept)} protective (reduce-only stop/take-profit) kept")
         if self.failed:
             parts.append(f"{len(self.failed)} refused ({self.failed[0].detail})")
         if self.remaining:
@@ -146,12 +147,18 @@ class CancelReport:
                             other.kept, other.remaining)
 
 
-def cancel_all_orders(bot: BotSettings, keep_protective: bool = False) -> CancelReport:
-    """Cancel every open order of the account (plain and trigger), or all but reduce-only ones; read back."""
+def is_protective(order: dict[str, Any]) -> bool:
+    """A stop-loss or take-profit: a reduce-only trigger order, which can only shrink a position."""
+    return bool(order.get("reduceOnly")) and bool(order.get("isTrigger"))
+
+
+def cancel_all_orders(bot: BotSettings, keep_protective: bool = False, coin: str | None = None) -> CancelReport:
+    """Cancel every open order of the account (plain and trigger) — or of one coin — or all but the protective
+    ones (reduce-only triggers); then read the book back."""
     exchange, address = trading_client(bot)
     try:
-        orders = exchange.info.frontend_open_orders(address)
-        kept = [o for o in orders if keep_protective and o.get("reduceOnly")]
+        orders = [o for o in exchange.info.frontend_open_orders(address) if coin is None or o.get("coin") == coin]
+        kept = [o for o in orders if keep_protective and is_protective(o)]
         targets = [o for o in orders if o not in kept]
         report = CancelReport(found=len(orders), kept=[_cancel_row(o, True, "kept: reduce-only") for o in kept])
         if targets:
@@ -164,7 +171,7 @@ def cancel_all_orders(bot: BotSettings, keep_protective: bool = False) -> Cancel
                 else:
                     detail = status.get("error") if isinstance(status, dict) else str(status)
                     report.failed.append(_cancel_row(order, False, str(detail)))
-        left = exchange.info.frontend_open_orders(address)
+        left = [o for o in exchange.info.frontend_open_orders(address) if coin is None or o.get("coin") == coin]
     except (ClientError, ServerError, requests.RequestException) as error:
         raise ExchangeActionError(f"cancelling open orders failed: {_reason(error)}", retryable=_transient(error)) from None
     kept_oids = {o.oid for o in report.kept}
@@ -198,6 +205,66 @@ def _retry_transient(_task: Any, _task_run: Any, state: Any) -> bool:
 def cancel_open_orders(bot: BotSettings, keep_protective: bool = False) -> CancelReport:
     """Runbook "Stop All Trading", on the exchange: no order of the bot's is left to fill."""
     return cancel_all_orders(bot, keep_protective)
+
+
+@task(name="cancel a flat position's protective orders", cache_policy=NO_CACHE_POLICY, retries=2,
+      retry_delay_seconds=[0.5, 2], retry_condition_fn=_retry_transient)
+def cancel_coin_orders(bot: BotSettings, coin: str) -> CancelReport:
+    """After a position is verified flat: its stop-loss / take-profit orders would be orphans; cancel them."""
+    return cancel_all_orders(bot, keep_protective=False, coin=coin)
+
+
+# --- the dead man's switch ---------------------------------------------------------------------------
+
+
+@dataclass
+class DeadMansSwitch:
+    """Hyperliquid's scheduleCancel: at `at` the exchange cancels every open order of the account."""
+
+    accepted: bool  # the exchange took the request
+    at: datetime | None  # when it fires; None: not armed (disarmed, or refused)
+    detail: str
+
+    @property
+    def armed(self) -> bool:
+        return self.accepted and self.at is not None
+
+    def summary(self) -> str:
+        if self.armed:
+            return f"dead man's switch ARMED: the exchange cancels every open order at {self.at:%H:%M:%S} UTC"
+        if self.accepted:
+            return "dead man's switch disarmed"
+        return f"dead man's switch NOT armed: {self.detail}"
+
+
+def schedule_cancel(bot: BotSettings, seconds: float | None) -> DeadMansSwitch:
+    """Arm scheduleCancel `seconds` from now (None: disarm). The exchange refuses it for an account below its
+    traded-volume minimum: that is an answer (armed=False with its reason), not an error."""
+    exchange, _ = trading_client(bot)
+    at = None if seconds is None else datetime.now(timezone.utc) + timedelta(seconds=seconds)
+    try:
+        _expire_soon(exchange)
+        response = exchange.schedule_cancel(None if at is None else int(at.timestamp() * 1000))
+    except (ClientError, ServerError, requests.RequestException) as error:
+        raise ExchangeActionError(f"scheduleCancel failed: {_reason(error)}", retryable=_transient(error)) from None
+    if isinstance(response, dict) and response.get("status") == "ok":
+        return DeadMansSwitch(True, at, "armed" if at else "disarmed")
+    refusal = response.get("response") if isinstance(response, dict) else response
+    return DeadMansSwitch(False, None, f"the exchange refused it: {str(refusal).rstrip('.')}")
+
+
+@task(name="arm the dead man's switch", cache_policy=NO_CACHE_POLICY, retries=2, retry_delay_seconds=[0.5, 2],
+      retry_condition_fn=_retry_transient)
+def arm_dead_mans_switch(bot: BotSettings, seconds: float) -> DeadMansSwitch:
+    """Exchange-side insurance while the bot is being stopped: every open order goes at now + `seconds`."""
+    return schedule_cancel(bot, seconds)
+
+
+@task(name="disarm the dead man's switch", cache_policy=NO_CACHE_POLICY, retries=2, retry_delay_seconds=[0.5, 2],
+      retry_condition_fn=_retry_transient)
+def disarm_dead_mans_switch(bot: BotSettings) -> DeadMansSwitch:
+    """Unset scheduleCancel, so the protective orders kept on the book outlive it."""
+    return schedule_cancel(bot, None)
 
 
 # --- closing a position ------------------------------------------------------------------------------

@@ -3,6 +3,10 @@
 The bot is found by its pidfile and/or a command-line match, and every PID is verified (command line
 still matches, same creation time) right before it is signalled: a recycled PID is never touched, and
 nothing is ever killed by name pattern.
+
+A supervised bot (`supervisor = "systemd" | "supervisord"`) is stopped, started and restarted through its
+supervisor (`systemctl stop UNIT`, `supervisorctl stop NAME`: argument lists, no shell): a SIGTERM to its PID
+would only make the supervisor start it again, and a deliberate stop must stay stopped.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import os
 import signal
 import time
 import subprocess
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
@@ -41,7 +46,15 @@ class BotProcess:
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
         data["cmdline"] = " ".join(self.cmdline)
+        data["started"] = self.started
         return data
+
+    @property
+    def started(self) -> str:
+        return datetime.fromtimestamp(self.create_time, timezone.utc).isoformat(timespec="seconds")
+
+    def describe(self) -> str:
+        return f"PID {self.pid} (started {self.started}, {self.found_by}): {' '.join(self.cmdline)}"
 
 
 def _matches(cmdline: list[str], needles: list[str]) -> bool:
@@ -94,6 +107,14 @@ def locate_bot(bot: BotSettings) -> BotProcess | None:
                         return found
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 pass
+    matches = _command_line_matches(bot)
+    if len(matches) > 1:
+        pids = ", ".join(str(m.pid) for m in matches)
+        raise ProcessError(f"{len(matches)} processes match {bot.process_match} (PIDs {pids}); refusing to guess")
+    return matches[0] if matches else None
+
+
+def _command_line_matches(bot: BotSettings) -> list[BotProcess]:
     matches = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
@@ -103,10 +124,21 @@ def locate_bot(bot: BotSettings) -> BotProcess | None:
                     matches.append(found)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    if len(matches) > 1:
-        pids = ", ".join(str(m.pid) for m in matches)
-        raise ProcessError(f"{len(matches)} processes match {bot.process_match} (PIDs {pids}); refusing to guess")
-    return matches[0] if matches else None
+    return matches
+
+
+def find_bot_processes(bot: BotSettings) -> list[BotProcess]:
+    """Every live process matching `process_match` (the pidfile's own first, marked so), oldest first after it."""
+    found = sorted(_command_line_matches(bot), key=lambda p: (p.create_time, p.pid))
+    pid = _read_pidfile(bot.pidfile_path) if bot.pidfile_path is not None else None
+    first = [replace(p, found_by=f"pidfile {bot.pidfile_path}") for p in found if p.pid == pid]
+    return first + [p for p in found if p.pid != pid]
+
+
+@task(name="list matching processes", cache_policy=NO_CACHE_POLICY)
+def list_bot_processes(bot: BotSettings) -> list[BotProcess]:
+    """Runbook `ps aux | grep trading_bot`, all of it: every process that matches, none guessed away."""
+    return find_bot_processes(bot)
 
 
 @task(name="check process status", cache_policy=NO_CACHE_POLICY)
@@ -165,16 +197,55 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(_SECRET_ENV_PREFIXES)}
 
 
+# What supervisorctl answers when the program already is where it was asked to go (exit status 1 since 4.x);
+# a restart of a stopped program says "ERROR (not running)" for its stop half, then "started".
+_ALREADY = {"stop": "not running", "start": "already started", "restart": ": started"}
+
+
+def supervise(bot: BotSettings, verb: str) -> str:
+    """`systemctl VERB UNIT` / `supervisorctl VERB NAME` (argument list, no shell, bounded); ProcessError if it fails."""
+    command = bot.supervisor_command(verb)
+    shown = " ".join(command)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                timeout=bot.supervisor_timeout_seconds, env=_clean_env())
+    except subprocess.TimeoutExpired:
+        raise ProcessError(f"`{shown}` did not finish within {bot.supervisor_timeout_seconds:g}s") from None
+    except OSError as error:
+        raise ProcessError(f"cannot run `{shown}`: {error}") from None
+    output = " ".join((result.stdout + " " + result.stderr).split())[:300]
+    already = _ALREADY.get(verb)
+    failed = result.returncode != 0 or "ERROR" in output
+    if failed and not (already and already in output):
+        raise ProcessError(f"`{shown}` failed (exit {result.returncode}): {output or 'no output'}")
+    return f"`{shown}`" + (f": {output}" if output else "")
+
+
+@task(name="supervisor control", cache_policy=NO_CACHE_POLICY)
+def supervisor_control(bot: BotSettings, verb: str) -> str:
+    """`systemctl VERB UNIT` / `supervisorctl VERB NAME` for the bot."""
+    return supervise(bot, verb)
+
+
+@task(name="stop bot", cache_policy=NO_CACHE_POLICY)
+def stop_bot(process: BotProcess | None, bot: BotSettings, timeout_seconds: float) -> str:
+    """Stop the bot so it stays stopped: through its supervisor when it has one (then the verified PID, should
+    it still run outside the supervisor's reach), else the verified PID (SIGTERM, then SIGKILL)."""
+    if not bot.supervised:
+        return stop_process.fn(process, bot, timeout_seconds) if process else "no bot process was running"
+    done = supervise(bot, "stop")
+    if process is None:
+        return done
+    left = stop_process.fn(process, bot, timeout_seconds)
+    return done if "already exited" in left else f"{done}; {left}"
+
+
 @task(name="start bot", cache_policy=NO_CACHE_POLICY)
 def start_bot(bot: BotSettings) -> str:
-    """Runbook: `cd /path/to/bot && python trading_bot.py &` — the configured command, detached."""
-    if bot.systemd_unit:
-        result = subprocess.run(
-            ["systemctl", "restart", bot.systemd_unit], capture_output=True, text=True, timeout=60,
-        )
-        if result.returncode != 0:
-            raise ProcessError(f"systemctl restart {bot.systemd_unit} failed: {result.stderr.strip()}")
-        return f"systemctl restart {bot.systemd_unit}"
+    """Runbook: `cd /path/to/bot && python trading_bot.py &` — the configured command, detached; a supervised
+    bot through its supervisor."""
+    if bot.supervised:
+        return supervise(bot, "start")
     if not bot.working_dir.is_dir():
         raise ProcessError(f"working dir {bot.working_dir} does not exist")
     stdout_path = bot.path(bot.stdout_log)

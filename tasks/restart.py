@@ -18,7 +18,7 @@ from runbook.policy import authorize
 from runbook.settings import BotSettings
 from tasks import NO_CACHE_POLICY
 from tasks.probes import probe_health_once, read_metrics_once
-from tasks.process import BotProcess, ProcessError, locate_bot, start_bot, stop_process
+from tasks.process import BotProcess, ProcessError, locate_bot, start_bot, stop_process, supervise
 
 
 def restart_storm(run: IncidentRun) -> int | None:
@@ -66,7 +66,11 @@ def _metrics_moving(bot: BotSettings, window_seconds: float = 4.0) -> bool:
 
 
 def restart(run: IncidentRun, process: BotProcess | None) -> None:
-    """Runbook "Restart Bot": stop the running process (verified PID only), then run the start command."""
+    """Runbook "Restart Bot": stop the running process (verified PID only), then run the start command; a
+    supervised bot is restarted by its supervisor (`systemctl restart UNIT`, `supervisorctl restart NAME`)."""
+    if run.bot.supervised:
+        run.act("restart", supervise(run.bot, "restart"), detail={"pid": process.pid if process else None})
+        return
     if process is not None:
         stopped = stop_process(process, run.bot, run.settings.recovery.stop_timeout_seconds)
         run.act("stop", stopped, detail={"pid": process.pid})
@@ -75,7 +79,9 @@ def restart(run: IncidentRun, process: BotProcess | None) -> None:
 
 
 def restart_description(run: IncidentRun, process: BotProcess | None) -> str:
-    how = f"`{' '.join(run.bot.start_command) or run.bot.systemd_unit}`"
+    how = run.bot.start_description
+    if run.bot.supervised:
+        return "restart the bot through its supervisor: `" + " ".join(run.bot.supervisor_command("restart")) + "`"
     if process is None:
         return f"start the bot with {how}"
     return f"stop the bot (verified PID {process.pid}) and start it again with {how}"

@@ -384,7 +384,13 @@ def test_order_rejections_and_cancels(hl: Server, http: httpx.Client) -> None:
         position = info.user_state(master.address)["assetPositions"][0]["position"]
         assert position["leverage"] == {"type": "cross", "value": 5}
         assert exchange.update_leverage(51, "ETH")["status"] == "err"
+        # The dead man's switch is refused below the exchange's traded-volume minimum, then taken.
         in_a_minute = int(time.time() * 1000) + 60_000
+        refused = exchange.schedule_cancel(in_a_minute)
+        assert refused["status"] == "err"
+        assert refused["response"].startswith("Cannot set scheduled cancel time until enough volume traded. "
+                                              "Required: $1000000. Traded: $")
+        http.post("/_sandbox/accounts", json={"address": master.address, "cum_vlm": "1000000"}).raise_for_status()
         assert exchange.schedule_cancel(in_a_minute) == {"status": "ok", "response": {"type": "default"}}
         assert exchange.schedule_cancel(None)["status"] == "ok"
 
@@ -586,3 +592,23 @@ def test_background_sweeper_fires_an_already_crossed_trigger(hl: Server, http: h
                 break
             time.sleep(0.1)
         assert order["status"] == "filled"
+
+
+def test_approve_agent_replaces_the_agent_of_the_same_name(hl: Server, http: httpx.Client) -> None:
+    """approveAgent is signed by the master key; a new agent under a taken name drops the old one, which the
+    exchange then no longer knows (userRole "missing", its orders refused). An agent cannot approve agents."""
+    master, old = eth_account.Account.create(), eth_account.Account.create()
+    http.post("/_sandbox/accounts", json={"address": master.address, "balance": "1000",
+                                          "agents": [{"address": old.address, "name": "bot"}]}).raise_for_status()
+    info = Info(hl.url, skip_ws=True)
+    assert info.user_role(old.address) == {"role": "agent", "data": {"user": master.address.lower()}}
+    as_agent = Exchange(old, hl.url, account_address=master.address)
+    assert as_agent.approve_agent("bot")[0]["status"] == "err"  # an agent cannot approve agents
+    answer, new_key = Exchange(master, hl.url).approve_agent("bot")
+    assert answer == {"status": "ok", "response": {"type": "default"}}
+    new = eth_account.Account.from_key(new_key)
+    assert info.user_role(old.address) == {"role": "missing"}
+    assert [(a["name"], a["address"]) for a in info.extra_agents(master.address)] == [("bot", new.address.lower())]
+    refused = as_agent.schedule_cancel(None)
+    assert refused["status"] == "err" and "does not exist" in refused["response"]
+    assert Exchange(new, hl.url, account_address=master.address).schedule_cancel(None)["status"] == "ok"

@@ -170,7 +170,8 @@ def test_planted_secrets_never_appear_in_any_output(planted: Path) -> None:
     config = planted / "runbook.toml"
     settings = load_settings(config)
     env = {**os.environ, "RUNBOOK_POLICY__ZEROIZE": "dry-run", "RUNBOOK_POLICY__LIQUIDATE": "dry-run",
-           "RUNBOOK_POLICY__KILL": "dry-run", "RUNBOOK_POLICY__RESTART": "auto"}
+           "RUNBOOK_POLICY__KILL": "dry-run", "RUNBOOK_POLICY__RESTART": "auto",
+           "RUNBOOK_EMERGENCY__KEY_REVOCATION_WATCH_SECONDS": "0"}
     found: dict[str, list[str]] = {}
     outputs: list[dict] = []
 

@@ -14,10 +14,13 @@ import tarfile
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import eth_account
 import httpx
 import pytest
+from hyperliquid.exchange import Exchange
 from typer.testing import CliRunner
 
 from runbook import journal as j
@@ -110,6 +113,7 @@ def module_sandbox(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> 
 @pytest.fixture
 def shared(module_sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("RUNBOOK_POLICY__APPROVAL_TIMEOUT_SECONDS", "60")
+    monkeypatch.setenv("RUNBOOK_EMERGENCY__KEY_REVOCATION_WATCH_SECONDS", "0")  # no re-checks unless a test wants them
     yield module_sandbox
     journal = journal_of(module_sandbox)
     for incident in journal.incidents(open_only=True):
@@ -151,8 +155,11 @@ def test_forensics_stop_and_evidence_then_rejected_zeroize_keeps_the_key(shared:
     assert outcome.status == j.ESCALATED and outcome.details["archive"] == str(archive), outcome.summary
     incident = journal_of(shared).get(outcome.incident_id)
     steps = [(a.step, a.ok) for a in incident.actions]
-    assert steps == [("stop", True), ("backup", True), ("zeroize", False)]
+    assert steps == [("stop", True), ("backup", True), ("zeroize", False), ("key-at-exchange", False)]
     assert "rejected by a person (investigating first)" in incident.actions[2].description
+    # The bot's agent key is still approved at the exchange: that leads the summary (no re-checks in this test).
+    assert outcome.summary.startswith("Key still valid at the exchange: revoke it ("
+                                      + json.loads(key_before)["address"]), outcome.summary
     report = Path(outcome.report_path).read_text()
     for section in ("Forensic timeline", "Bot network connections", "Isolate the system", "never takes a network "
                     "interface down by itself", "sudo ip link set", "Credential rotation checklist",
@@ -217,3 +224,56 @@ def test_zeroize_after_approval_and_the_key_is_nowhere(shared: Path) -> None:
     assert not any(key_hex in (log.message or "").lower() for log in logs)
     assert not any(key_hex in json.dumps(a.data, default=str).lower() for a in artifacts)
     assert not any(key_hex in json.dumps(r.parameters, default=str).lower() for r in runs)
+
+
+def test_key_still_valid_at_the_exchange_leads_until_it_is_revoked(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bot's agent key is still approved at the exchange after the local files are secured: the flow says so
+    first, re-checks, and records the revocation once the account approves a replacement under the same name.
+    (Its own account, so the test holds the master key the sandbox never stores.)"""
+    exchange_url = settings_of(shared).bots["sandbox"].hyperliquid.api_url
+    master, agent = eth_account.Account.create(), eth_account.Account.create()
+    created = httpx.post(f"{exchange_url}/_sandbox/accounts", timeout=5, json={
+        "address": master.address, "balance": "1000", "agents": [{"address": agent.address, "name": "bot"}]})
+    assert created.status_code == 200, created.text
+    key_b = shared / "bot" / "config" / "agent_key_b.json"
+    key_b.write_text(json.dumps({"address": agent.address.lower(), "private_key": agent.key.hex()}))
+    account = settings_of(shared).bots["sandbox"].hyperliquid.account_address
+    config = shared / "runbook-b.toml"
+    config.write_text(config_of(shared).read_text().replace("config/agent_key.json", "config/agent_key_b.json")
+                      .replace(account, master.address.lower()))
+    monkeypatch.setenv("RUNBOOK_POLICY__ZEROIZE", "dry-run")
+    monkeypatch.setenv("RUNBOOK_EMERGENCY__KEY_REVOCATION_WATCH_SECONDS", "90")
+    monkeypatch.setenv("RUNBOOK_EMERGENCY__KEY_RECHECK_INTERVAL_SECONDS", "1")
+    from flows.security_breach import security_breach
+
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.setdefault("outcome", security_breach(config=str(config))))
+    worker.start()
+    lead = f"Key still valid at the exchange: revoke it ({agent.address.lower()}"
+
+    def said() -> list[str]:  # this run's messages (the module's earlier runs posted to the same sandbox)
+        return [m["text"] for m in slack_messages(shared) if lead in (m.get("text") or "")]
+
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not said():
+        time.sleep(0.3)
+    assert said() and "under the same name 'bot'" in said()[0]
+    assert worker.is_alive(), "the flow should still be re-checking"
+    revoked_at = datetime.now(UTC)
+    answer, _ = Exchange(master, exchange_url, timeout=10).approve_agent("bot")  # the replacement drops the old one
+    assert answer["status"] == "ok", answer
+    worker.join(timeout=60)
+    outcome = result["outcome"]
+
+    assert outcome.summary.startswith("Key revoked at the exchange"), outcome.summary
+    incident = journal_of(shared).get(outcome.incident_id)
+    first = next(a for a in incident.actions if a.step == "key-at-exchange")
+    assert not first.ok and first.description.startswith("key still valid at the exchange: revoke it")
+    [revoked] = [a for a in incident.actions if a.step == "key-revoked"]
+    seen = datetime.fromisoformat(json.loads(revoked.detail)["checked_at"])
+    assert revoked_at - timedelta(seconds=1) <= seen <= revoked_at + timedelta(seconds=15)
+    texts = [m.get("text") or "" for m in slack_messages(shared)]
+    assert any("Key revoked at the exchange" in t for t in texts)
+    assert min(i for i, t in enumerate(texts) if lead in t) < min(i for i, t in enumerate(texts) if "Key revoked" in t)
+    report = Path(outcome.report_path).read_text()
+    assert "Key revoked at the exchange" in report

@@ -91,8 +91,25 @@ account_address = "not-an-address"
 
 def test_bot_without_a_way_to_start_is_rejected(tmp_path: Path) -> None:
     text = '[bots.a]\nworking_dir = "/tmp"\nprocess_match = ["x"]\n'
-    with pytest.raises(ConfigError, match="start_command or systemd_unit"):
+    with pytest.raises(ConfigError, match="start_command or a supervisor"):
         load_settings(write(tmp_path, text))
+
+
+def test_supervisor_settings(tmp_path: Path) -> None:
+    """systemd_unit alone means systemd; a supervisor needs its unit/program name; commands are argument lists."""
+    settings = load_settings(write(tmp_path, GOOD))
+    beta = settings.bots["beta"]
+    assert beta.supervisor.value == "systemd" and beta.supervisor_name == "trading-bot-beta"
+    assert beta.supervisor_command("stop") == ["systemctl", "stop", "trading-bot-beta"]
+    assert settings.bots["alpha"].supervised is False
+    text = ('[bots.a]\nworking_dir = "/tmp"\nprocess_match = ["x"]\nsupervisor = "supervisord"\n'
+            'supervisor_name = "bot"\nsupervisorctl = ["supervisorctl", "-c", "/etc/sv.conf"]\n')
+    bot = load_settings(write(tmp_path, text)).bots["a"]
+    assert bot.supervisor_command("restart") == ["supervisorctl", "-c", "/etc/sv.conf", "restart", "bot"]
+    with pytest.raises(ConfigError, match="needs supervisor_name"):
+        load_settings(write(tmp_path, text.replace('supervisor_name = "bot"\n', "")))
+    with pytest.raises(ConfigError, match="supervisor"):
+        load_settings(write(tmp_path, text.replace('"supervisord"', '"runit"')))
 
 
 def test_missing_file_and_bad_toml(tmp_path: Path) -> None:

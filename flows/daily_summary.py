@@ -68,7 +68,8 @@ def summarise(fills: list[dict[str, Any]], day: date, history: list[tuple[dateti
         raise ValueError(f"the account has no value history at {day_start.isoformat()} (portfolio allTime): the day's "
                          "start balance is unknown")
     return build_daily_report(fills, day, balance, tz=tz, funding=funding, bot=bot, source="exchange",
-                              win_rate_threshold=win_rate_threshold, now=read_at)
+                              win_rate_threshold=win_rate_threshold, now=read_at,
+                              data_since=min(at for at, _ in history))
 
 
 @task(name="render the daily summary PDF", cache_policy=NO_CACHE_POLICY)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from flows.stop_loss_review import BotConfigRead, parse_exit, read_bot_config
 from runbook.settings import BotConfigKeys
-from reports.trades import TradeMetrics, closed_trades, compute_metrics
+from reports.trades import TradeMetrics, closed_trades, compute_metrics, fills_frame, net_pnl
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome, incident_flow
 from runbook.markdown import table
@@ -292,12 +292,14 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
                             ["check the exchange status and the network path to it",
                              "rerun win-rate-review once the exchange answers"])
 
-    trades = closed_trades(fills)
+    frame = fills_frame(fills)
+    trades = closed_trades(frame)
     recent, previous = trades.tail(n_trades), trades.iloc[max(0, len(trades) - 2 * n_trades):max(0, len(trades) - n_trades)]
-    total_pnl = sum((Decimal(str(f["closedPnl"])) - Decimal(str(f["fee"])) for f in fills), Decimal(0))
+    # every fee reaches equity (reports/trades.py): the window's equity ends at today's account value
+    total_pnl = net_pnl(frame)
     start = state.account_value - total_pnl if state is not None and state.account_value > total_pnl \
         else DEFAULT_START_BALANCE
-    window = compute_metrics(fills, start)
+    window = compute_metrics(frame, start)
     m_recent = compute_metrics(fills_of(fills, recent), start) if len(recent) else None
     m_previous = compute_metrics(fills_of(fills, previous), start) if len(previous) else None
     run.add_evidence(f"Performance: last {len(recent)} trades vs the {len(previous)} before",

@@ -11,11 +11,14 @@ Windows (calendar days in the report's time zone, UTC by default; D is the repor
 * the day: [D 00:00, D+1 00:00) -- up to "now" when D is today (the report says it is partial);
 * previous day: D-1; trailing 7 days: D-7 .. D-1; trailing 30 days: D-30 .. D-1 (the day itself is not in
   the windows it is compared with);
-* risk over 30 days: D-29 .. D, so Sharpe and Sortino have 30 daily returns ending with the day.
+* risk over 30 days: D-29 .. D, so Sharpe and Sortino have 30 daily returns ending with the day;
+* every window starts no earlier than the first day with data (the first fill, funding entry or account
+  value; trading-metrics.md rule 11): days before it are not flat days of a bot that did not exist yet. A
+  window wholly before it has no days (its per-day figures are n/a).
 
-Equity: `start_balance` is the equity at D 00:00; it moves by each closed trade's P&L. The equity at the
-start of an earlier window is the start balance minus the P&L of the trades closed between that start and
-D 00:00, so every window's drawdown and returns are on the same curve.
+Equity: `start_balance` is the equity at D 00:00; it moves by `closedPnl - fee` of every fill (rule 9). The
+equity at the start of an earlier window is the start balance minus the net P&L of the fills between that
+start and D 00:00, so every window's drawdown and returns are on the same curve.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import numpy as np
 import pandas as pd
 
 from reports import paused_gc
-from reports.trades import FillsError, TradeMetrics, closed_trades, compute_metrics, fills_frame, read_fill_list
+from reports.trades import (
+    FillsError, TradeMetrics, closed_trades, compute_metrics, equity_curve, fills_frame, net_pnl, read_fill_list,
+)
 
 TRAILING_DAYS = (7, 30)
 RISK_DAYS = 30
@@ -52,17 +57,19 @@ DEFINITIONS: tuple[tuple[str, str], ...] = (
     ("Profit factor", "Gross profit / gross loss of the trades; infinite with wins and no losses, n/a with neither."),
     ("Net P&L", "sum(closedPnl) - sum(fee) over every fill of the window, opening fees included. Funding "
                 "(userFunding) is shown on its own line, never mixed in."),
-    ("Max drawdown", "Largest fall of the equity (start balance + closed-trade P&L, after each trade) below its "
-                     "running peak; in USD and as a share of that peak."),
-    ("Sharpe / Sortino", "Daily returns of the end-of-day equity over the 30 days ending with the day: "
+    ("Max drawdown", "Largest fall of the equity (start balance + closedPnl - fee of every fill, opening fees "
+                     "included, at its time) below its running peak; in USD and as a share of that peak."),
+    ("Sharpe / Sortino", "Daily returns of the end-of-day equity over the 30 days ending with the day (fewer "
+                         "when the data starts later): "
                          "mean / std (ddof 1) x sqrt(365); Sortino uses the downside deviation "
                          "sqrt(sum(min(r, 0)^2) / N). n/a with fewer than 2 returns or no dispersion."),
     ("Exposure", "Time in market: the share of the day with at least one perp position open (from each fill's "
                  "startPosition). Peak gross exposure: the largest sum over coins of |position| x last fill "
                  "price, also as a multiple of the day's start balance."),
     ("Largest position", "The largest |position| x fill price any coin reached during the day."),
-    ("Comparisons", "Previous day = D-1; trailing 7 / 30 days = the 7 / 30 days before D (D excluded). "
-                    "Per-day figures divide the window's total by its number of days."),
+    ("Comparisons", "Previous day = D-1; trailing 7 / 30 days = the 7 / 30 days before D (D excluded), each "
+                    "starting no earlier than the first day with data. Per-day figures divide the window's total "
+                    "by its number of days."),
 )
 
 
@@ -118,15 +125,16 @@ class Window:
 
     @property
     def days(self) -> int:
-        return (self.last_day - self.first_day).days + 1
+        """Its days with data: 0 for a window wholly before the first day with data."""
+        return max(0, (self.last_day - self.first_day).days + 1)
 
     @property
-    def trades_per_day(self) -> float:
-        return self.metrics.trades / self.days
+    def trades_per_day(self) -> float | None:
+        return self.metrics.trades / self.days if self.days else None
 
     @property
-    def pnl_per_day(self) -> Decimal:
-        return self.metrics.total_pnl / self.days
+    def pnl_per_day(self) -> Decimal | None:
+        return self.metrics.total_pnl / self.days if self.days else None
 
     def to_dict(self) -> dict[str, Any]:
         m = self.metrics
@@ -180,6 +188,7 @@ class DailyReport:
     exposure: Exposure
     trades: pd.DataFrame  # the day's closed trades, in close order (reports.trades.closed_trades columns)
     recommendations: list[str] = field(default_factory=list)
+    curve: list[tuple[datetime, float]] = field(default_factory=list)  # equity after each fill time of the day
     pdf_path: str | None = None
 
     @property
@@ -195,13 +204,8 @@ class DailyReport:
         return f"Daily trading summary — {self.day.isoformat()}" + (f" — {self.bot}" if self.bot else "")
 
     def equity_curve(self) -> list[tuple[datetime, float]]:
-        """Equity at the day's start, then after every closed trade (its close time)."""
-        start = float(self.start_balance)
-        points = [(self.start, start)]
-        if len(self.trades):
-            equity = start + np.cumsum(self.trades["pnl"].to_numpy(dtype=np.float64))
-            points += list(zip(self.trades["closed_at"].dt.to_pydatetime(), equity.tolist()))
-        return points
+        """Equity at the day's start, then after every fill time (closedPnl - fee of every fill, rule 9)."""
+        return [(self.start, float(self.start_balance)), *self.curve]
 
     def best_and_worst(self, n: int = TOP_TRADES) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         if not len(self.trades):
@@ -322,11 +326,17 @@ def _slice(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
     return frame.loc[(times >= _ms(start)) & (times < _ms(end))]
 
 
-def _trade_pnl(frame: pd.DataFrame) -> Decimal:
-    trades = closed_trades(frame)
-    if not len(trades):
-        return Decimal(0)
-    return Decimal(int(trades["pnl_u"].sum())).scaleb(-frame.attrs["money_scale"])
+def first_data_day(frame: pd.DataFrame, funding: list[dict[str, Any]] | None, since: datetime | None,
+                   tz: str) -> date | None:
+    """The first day (in tz) with data: a fill, a funding entry or a known account value; None without any."""
+    moments = [since] if since is not None else []
+    if len(frame):
+        moments.append(_utc_ms(int(frame["time"].min())))
+    times = [e.get("time") for e in funding or [] if isinstance(e, dict)]
+    times = [t for t in times if isinstance(t, int) and not isinstance(t, bool)]
+    if times:
+        moments.append(_utc_ms(min(times)))
+    return min(moments).astimezone(ZoneInfo(tz)).date() if moments else None
 
 
 def _funding_in(funding: list[dict[str, Any]] | None, start: datetime, end: datetime) -> list[dict[str, Any]] | None:
@@ -344,14 +354,19 @@ def _funding_in(funding: list[dict[str, Any]] | None, start: datetime, end: date
 
 
 def _window(frame: pd.DataFrame, label: str, first: date, last: date, tz: str, end_of_day: Decimal,
-            day_start: datetime, funding: list[dict[str, Any]] | None, until: datetime | None = None) -> Window:
-    """Metrics of the trades closed from `first` to `last` (days in tz); equity continuous with the day's."""
+            day_start: datetime, funding: list[dict[str, Any]] | None, until: datetime | None = None,
+            data_from: date | None = None) -> Window:
+    """Metrics of the fills from `first` to `last` (days in tz) -- from `data_from` if that is later, none if
+    it is after `last` or None (no data at all); equity continuous with the day's."""
+    first = max(first, data_from) if data_from is not None else last + timedelta(days=1)
+    if first > last:  # the window lies wholly before the data: no days, nothing in it
+        return Window(label, first, last, compute_metrics(frame.iloc[:0], start_balance=end_of_day))
     start, _ = day_bounds(first, tz)
     _, end = day_bounds(last, tz)
     end = min(end, until) if until is not None else end
     part = _slice(frame, start, end)
     # the equity at `start`: the day's start balance less what was made between `start` and the day's start
-    made_before = _trade_pnl(_slice(part, start, day_start)) if start < day_start else Decimal(0)
+    made_before = net_pnl(_slice(part, start, day_start)) if start < day_start else Decimal(0)
     opening = end_of_day - made_before
     if opening <= 0:  # the P&L of the window exceeds the balance: equity ratios are meaningless below 0
         opening = Decimal("0.01")
@@ -429,10 +444,13 @@ def build_daily_report(
     source: str = "",
     now: datetime | None = None,
     win_rate_threshold: float = 0.40,
+    data_since: datetime | None = None,
 ) -> DailyReport:
     """The summary of `day` from fills covering (at least) the 30 days before it and the day itself.
 
-    `start_balance` is the equity at the start of the day. Fills outside [D-30, D+1) are ignored."""
+    `start_balance` is the equity at the start of the day. Fills outside [D-30, D+1) are ignored.
+    `data_since`: since when the account is known to exist (its first account value), if known; the windows
+    start no earlier than that or the first fill or funding entry, whichever is first."""
     frame = fills_frame(fills)
     balance = Decimal(str(start_balance)) if not isinstance(start_balance, Decimal) else start_balance
     if not balance.is_finite() or balance <= 0:
@@ -444,16 +462,18 @@ def build_daily_report(
     today = Window("Day", day, day, compute_metrics(day_frame, start_balance=balance,
                                                    funding=_funding_in(funding, day_start, until),
                                                    days=(day, day), tz=tz))
+    data_from = first_data_day(_slice(frame, fetch_window(day, tz)[0], until), funding, data_since, tz)
     previous = _window(frame, "Previous day", day - timedelta(days=1), day - timedelta(days=1), tz, balance,
-                       day_start, funding)
+                       day_start, funding, data_from=data_from)
     trailing = {n: _window(frame, f"Last {n} days", day - timedelta(days=n), day - timedelta(days=1), tz, balance,
-                           day_start, funding) for n in TRAILING_DAYS}
+                           day_start, funding, data_from=data_from) for n in TRAILING_DAYS}
     risk = _window(frame, f"{RISK_DAYS} days to the day", day - timedelta(days=RISK_DAYS - 1), day, tz, balance,
-                   day_start, funding, until=until)
+                   day_start, funding, until=until, data_from=data_from)
     report = DailyReport(
         bot=bot, day=day, tz=tz, start=day_start, end=day_end, data_until=until, generated_at=now,
         start_balance=balance, source=source, today=today, previous=previous, trailing=trailing, risk=risk,
         exposure=exposure_of(day_frame, day_start, until, balance), trades=closed_trades(day_frame),
+        curve=equity_curve(day_frame, balance),
     )
     report.recommendations = recommend(report, win_rate_threshold)
     return report
@@ -499,7 +519,7 @@ def recommend(report: DailyReport, win_rate_threshold: float = 0.40) -> list[str
         out.append(f"Intraday drawdown reached {fmt_pct(m.max_drawdown_pct)} of the peak equity: tighten the daily "
                    "loss limit or position sizes.")
     week = report.trailing.get(7)
-    if week is not None and week.metrics.trades and m.total_pnl < 0 < week.pnl_per_day:
+    if week is not None and week.metrics.trades and week.pnl_per_day is not None and m.total_pnl < 0 < week.pnl_per_day:
         out.append(f"The day ({fmt_usd(m.total_pnl, sign=True)} USD) broke a positive week "
                    f"({fmt_usd(week.pnl_per_day, sign=True)} USD a day on average): watch whether it is the start "
                    "of a trend before changing parameters.")

@@ -35,7 +35,7 @@ from reportlab.platypus import (
 )
 
 from reports.daily import DEFINITIONS as DAILY_DEFINITIONS
-from reports.daily import DailyReport, fmt_pct, fmt_ratio, fmt_usd
+from reports.daily import DailyReport, fmt_count, fmt_pct, fmt_ratio, fmt_usd
 from reports.weekly import KPI_DEFINITIONS, SEVERITY_ORDER, WeeklyReport, fmt_duration, fmt_rate
 
 MAX_POINTS = 1500
@@ -431,9 +431,10 @@ def _render_daily(report: DailyReport, path: Path) -> None:
     hours = np.array([(at - report.start).total_seconds() / 3600 for at, _ in curve])
     equity = np.array([value for _, value in curve])
     span = max((report.end - report.start).total_seconds() / 3600, 1.0)
-    story += [Spacer(1, 3 * mm), line_chart(f"Equity (start balance + closed-trade P&L, USD) — {report.tz}",
+    title = f"Equity (start balance + closedPnl − fee of every fill, USD) — {report.tz}"
+    story += [Spacer(1, 3 * mm), line_chart(title,
                                               hours, equity, _clock(report.start, report.tz), (0.0, span),
-                                              empty="no closed trades: equity unchanged")]
+                                              empty="no fills: equity unchanged")]
     pnl = report.trades["pnl"].to_numpy(dtype=np.float64) if len(report.trades) else np.zeros(0)
     if len(pnl) > MAX_BARS:
         story.append(histogram(f"P&L per trade — distribution of {len(pnl):,} trades (USD, bins)", pnl))
@@ -449,10 +450,10 @@ def _render_daily(report: DailyReport, path: Path) -> None:
     # comparisons
     windows = [report.today, report.previous, *report.trailing.values()]
     story += [CondPageBreak(60 * mm), _p("Compared with the previous day and the trailing days", s["h2"]),
-              data_table(["", *[f"{w.label} ({w.first_day:%m-%d}" + (f" to {w.last_day:%m-%d})" if w.days > 1
-                                                                     else ")") for w in windows]],
+              data_table(["", *[f"{w.label} (no data)" if not w.days else f"{w.label} ({w.first_day:%m-%d}"
+                                + (f" to {w.last_day:%m-%d})" if w.days > 1 else ")") for w in windows]],
                          [["Trades", *[f"{w.metrics.trades:,}" for w in windows]],
-                          ["Trades per day", *[f"{w.trades_per_day:,.1f}" for w in windows]],
+                          ["Trades per day", *[fmt_count(w.trades_per_day, 1) for w in windows]],
                           ["Win rate", *[fmt_pct(w.metrics.win_rate) for w in windows]],
                           ["Profit factor", *[fmt_ratio(w.metrics.profit_factor) for w in windows]],
                           ["Net P&L (USD)", *[fmt_usd(w.metrics.total_pnl, sign=True) for w in windows]],
@@ -469,8 +470,8 @@ def _render_daily(report: DailyReport, path: Path) -> None:
     story += [_p("Risk", s["h2"]), data_table(["Metric", "Value"], [
         ["Max drawdown (day)", f"{fmt_usd(m.max_drawdown)} USD ({fmt_pct(m.max_drawdown_pct)} of the peak)"],
         [f"Max drawdown ({report.risk.label})", f"{fmt_usd(risk.max_drawdown)} USD ({fmt_pct(risk.max_drawdown_pct)})"],
-        ["Sharpe (30 daily returns, ann. √365)", fmt_ratio(risk.sharpe)],
-        ["Sortino (30 daily returns, ann. √365)", fmt_ratio(risk.sortino)],
+        [f"Sharpe ({report.risk.days} daily returns, ann. √365)", fmt_ratio(risk.sharpe)],
+        [f"Sortino ({report.risk.days} daily returns, ann. √365)", fmt_ratio(risk.sortino)],
         ["Time in market", fmt_pct(e.time_in_market, 1) + (f" — {e.note}" if e.note else "")],
         ["Peak gross exposure", "n/a" if e.peak_gross_usd is None else
          f"{fmt_usd(e.peak_gross_usd)} USD ({_multiple(e.peak_leverage)} the start balance)"

@@ -13,10 +13,16 @@ Definitions (the issue, on top of trading-metrics.md):
   but not in any trade); `fees` = sum(`fee`); funding (`userFunding`) is reported on its own, never mixed in.
 * Win `p > 0`, loss `p < 0`, break-even `p = 0`: break-evens count in `trades` (the win-rate denominator),
   not in wins or losses, and they break both streaks.
-* Equity starts at the start balance at 00:00 UTC of the first fill's day and moves by each trade's PnL in
-  close order (close time = last fill of the order). Drawdown is taken on the equity after each trade,
-  the start included; the absolute and the % drawdown are each their own maximum (they may come from
-  different troughs). Daily equity is the equity at the end of every UTC day from the first to the last
+* Equity starts at the start balance at 00:00 UTC of the first fill's day and moves by `closedPnl - fee` of
+  **every** fill at its time (trading-metrics.md rule 9): a fee paid on an opening-only order is a cost the
+  moment it is paid, so `equity_end - equity_start == total_pnl` always. Fills of one millisecond move it
+  once. Drawdown is taken on the equity after each such move, the start included; the absolute and the %
+  drawdown are each their own maximum (they may come from different troughs). The trade list (win rate,
+  profit factor, streaks, best/worst) still counts closing orders only.
+* Order (rule 10): fills by time, fills of one time by `tid` (fills with one first), then `oid`, then their
+  position in the input; trades by their last fill in that order (close time = the last fill's time), so
+  trades closed in one millisecond are ordered by the tid, else the oid, else the input position of their
+  last fill. Streaks depend on it. Daily equity is the equity at the end of every UTC day from the first to the last
   fill day; daily returns `E_d / E_{d-1} - 1` start from the start balance, so N days give N returns.
   Sharpe = mean/std(ddof=1)*sqrt(365), Sortino = mean/sqrt(sum(min(r,0)^2)/N)*sqrt(365); both None with
   fewer than two returns, a zero denominator, or an equity that reached 0 (returns undefined).
@@ -49,6 +55,7 @@ import pandas as pd
 __all__ = [
     "FillsError", "TradeMetrics", "CoinMetrics", "load_fills", "fills_frame", "closed_trades",
     "compute_metrics", "format_metrics_text", "analyze_trades_command", "REQUIRED_FIELDS", "read_fill_list",
+    "equity_curve", "net_pnl",
 ]
 
 DAY_MS = 86_400_000
@@ -389,12 +396,21 @@ def fills_frame(fills: Iterable[dict[str, Any]] | pd.DataFrame) -> pd.DataFrame:
     if dup.any():
         frame = frame.loc[~dup]
 
-    frame = frame.sort_values(["time"], kind="stable")
+    frame = frame.iloc[_tie_order(frame)]
     frame["closed_pnl"] = _units_to_float(frame["closed_pnl_u"].to_numpy(), scale)
     frame["fee"] = _units_to_float(frame["fee_u"].to_numpy(), scale)
     frame["position_opened_at"] = _position_opened_at(frame)
     frame.attrs.update(money_scale=scale, duplicates_dropped=int(dup.sum()), input_fills=n)
     return frame
+
+
+def _tie_order(frame: pd.DataFrame) -> np.ndarray:
+    """Positions that sort the fills by time, and fills of one time by `tid` (fills with one first), then
+    `oid`, then their position in the input (trading-metrics.md rule 10: streaks depend on it)."""
+    tid = pd.to_numeric(frame["tid"], errors="coerce").to_numpy(dtype=np.float64)
+    no_tid = np.isnan(tid)
+    return np.lexsort((frame.index.to_numpy(), frame["oid"].to_numpy(), np.where(no_tid, 0.0, tid), no_tid,
+                       frame["time"].to_numpy()))
 
 
 def _classify_dir(d: str) -> tuple[bool, bool, bool, bool, str | None]:
@@ -491,18 +507,20 @@ def closed_trades(frame: pd.DataFrame | Iterable[dict[str, Any]]) -> pd.DataFram
         empty = pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
         empty.attrs["money_scale"] = scale
         return empty
-    fills = fills.assign(notional=fills["px"] * fills["sz"])
+    # rank: the position of each fill in time-and-tie order (fills_frame); a trade sorts by its last fill's
+    fills = fills.assign(notional=fills["px"] * fills["sz"], rank=np.arange(len(fills)))
     grouped = fills.groupby(keys, sort=False)
     trades = grouped.agg(
         dir=("dir", "last"), position=("closes", "first"), side=("side", "first"), fills=("time", "size"),
         size=("sz", "sum"), notional=("notional", "sum"),
         first_time=("time", "min"), close_time=("time", "max"), closed_pnl_u=("closed_pnl_u", "sum"),
-        fee_u=("fee_u", "sum"), is_liquidation=("is_liquidation", "any"),
+        fee_u=("fee_u", "sum"), is_liquidation=("is_liquidation", "any"), rank=("rank", "max"),
     ).reset_index()
     first_fills = fills.drop_duplicates(keys, keep="first")  # fills are in time order
     trades["open_time"] = first_fills["position_opened_at"].to_numpy()  # groups come in first-seen order
     trades["pnl_u"] = trades["closed_pnl_u"] - trades["fee_u"]
-    trades = trades.sort_values(["close_time", "first_time", "oid"], kind="stable").reset_index(drop=True)
+    # close order; trades closed at one time by the tid, else oid, else input position of their last fill
+    trades = trades.sort_values("rank", kind="stable").reset_index(drop=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         trades["avg_exit_px"] = np.where(trades["size"] > 0, trades["notional"] / trades["size"], np.nan)
     trades["closed_at"] = pd.to_datetime(trades["close_time"], unit="ms", utc=True)
@@ -579,7 +597,7 @@ class TradeMetrics:
     by_coin: dict[str, CoinMetrics]
     fills: int = 0  # fills used (after de-duplication)
     duplicates_dropped: int = 0
-    trade_pnl: Decimal = Decimal(0)  # sum of trade PnLs (= equity_end - equity_start)
+    trade_pnl: Decimal = Decimal(0)  # sum of trade PnLs (total_pnl less the net of orders that close nothing)
 
     @property
     def profit_factor_infinite(self) -> bool:
@@ -729,11 +747,14 @@ def compute_metrics(
     block = _ratio_block(pnl_u, scale)
     trade_pnl_u = int(pnl_u.sum()) if len(pnl_u) else 0
 
-    # equity after each trade, start included
-    if pnl_u.dtype == object:
-        equity = np.concatenate(([start_u], start_u + np.cumsum(pnl_u))).astype(object)
-    else:
-        equity = np.concatenate(([start_u], start_u + np.cumsum(pnl_u))).astype(np.int64)
+    # Equity moves by closedPnl - fee of every fill at its time (rule 9: opening fees are costs when paid);
+    # fills sharing a millisecond move it once. The start is the first point.
+    net_u = closed_u - fee_u
+    if net_u.dtype != object and float(np.abs(net_u.astype(np.float64)).sum()) + abs(start_u) >= _INT64_SAFE:
+        net_u = net_u.astype(object)  # exact Python ints when int64 could overflow
+    times = frame["time"].to_numpy()
+    _, moves = _moves(times, net_u)
+    equity = np.concatenate(([start_u], start_u + moves)).astype(object if net_u.dtype == object else np.int64)
     peak = np.maximum.accumulate(equity)
     drawdown = peak - equity
     max_dd_u = int(drawdown.max())
@@ -745,7 +766,6 @@ def compute_metrics(
     period_start = period_end = None
     epoch = date(1970, 1, 1)
     if len(frame):
-        times = frame["time"].to_numpy()
         first_ms, last_ms = int(times.min()), int(times.max())
         period_start, period_end = _utc(first_ms), _utc(last_ms)
     if len(frame) or days is not None:
@@ -754,10 +774,9 @@ def compute_metrics(
         else:
             first_day, last_day = (int(d) for d in _day_numbers(np.array([first_ms, last_ms]), tz))
         day_range = np.arange(first_day, last_day + 1)
-        if len(pnl_u):
-            close_days = _day_numbers(trades["close_time"].to_numpy(dtype=np.int64), tz)
-            per_day = pd.Series(pnl_u, copy=False).groupby(close_days).sum().reindex(day_range, fill_value=0)
-            day_pnl = per_day.to_numpy()
+        if len(net_u):
+            per_day = pd.Series(net_u, copy=False).groupby(_day_numbers(times.astype(np.int64), tz)).sum()
+            day_pnl = per_day.reindex(day_range, fill_value=0).to_numpy()
             if day_pnl.dtype != object:
                 day_pnl = day_pnl.astype(np.int64)
         else:
@@ -771,11 +790,38 @@ def compute_metrics(
         total_pnl=_dec(total_pnl_u, scale), fees=_dec(total_fees_u, scale), funding=funding_total,
         max_drawdown=_dec(max_dd_u, scale), max_drawdown_pct=max_dd_pct, sharpe=sharpe, sortino=sortino,
         longest_winning_streak=_longest_run(pnl_u > 0), longest_losing_streak=_longest_run(pnl_u < 0),
-        equity_start=_dec(start_u, scale), equity_end=_dec(start_u + trade_pnl_u, scale), daily_equity=daily,
+        equity_start=_dec(start_u, scale), equity_end=_dec(start_u + total_pnl_u, scale), daily_equity=daily,
         period_start=period_start, period_end=period_end, by_coin=by_coin, fills=len(frame),
         duplicates_dropped=int(frame.attrs.get("duplicates_dropped", 0)), trade_pnl=_dec(trade_pnl_u, scale),
         **block,
     )
+
+
+def _moves(times: np.ndarray, net: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(times, cumulative net) after each distinct time of time-sorted fills: one point per millisecond."""
+    if not len(times):
+        return times, net
+    last_of_time = np.flatnonzero(np.r_[times[1:] != times[:-1], True])
+    return times[last_of_time], np.cumsum(net)[last_of_time]
+
+
+def net_pnl(fills: Iterable[dict[str, Any]] | pd.DataFrame) -> Decimal:
+    """sum(closedPnl) - sum(fee) over every fill (duplicates dropped): how far the fills moved the equity."""
+    frame = fills_frame(fills)
+    net = frame["closed_pnl_u"].to_numpy() - frame["fee_u"].to_numpy()
+    return _dec(int(net.sum()) if len(net) else 0, frame.attrs["money_scale"])
+
+
+def equity_curve(fills: Iterable[dict[str, Any]] | pd.DataFrame,
+                 start_balance: Decimal | float | int | str) -> list[tuple[datetime, float]]:
+    """The equity after every distinct fill time (start balance + closedPnl - fee of every fill so far), for
+    charts: the curve compute_metrics takes its drawdown from, without the starting point."""
+    frame = fills_frame(fills)
+    scale = frame.attrs["money_scale"]
+    net = _units_to_float(frame["closed_pnl_u"].to_numpy() - frame["fee_u"].to_numpy(), scale)
+    times, cumulative = _moves(frame["time"].to_numpy(), net)
+    start = float(_balance(start_balance))
+    return [(_utc(int(t)), start + float(c)) for t, c in zip(times, cumulative)]
 
 
 def _utc(ms: int) -> datetime:
@@ -872,7 +918,7 @@ def format_metrics_text(metrics: TradeMetrics) -> str:
         ("Max drawdown", f"{_money(m.max_drawdown)}  ({_pct(m.max_drawdown_pct)} of peak)"),
         ("Sharpe (daily, ann.)", _ratio(m.sharpe)),
         ("Sortino (daily, ann.)", _ratio(m.sortino)),
-        ("Equity", f"{_money(m.equity_start)} -> {_money(m.equity_end)}  (start + trade PnL)"),
+        ("Equity", f"{_money(m.equity_start)} -> {_money(m.equity_end)}  (start + total PnL, every fee included)"),
     ]
     width = max(len(label) for label, _ in rows)
     lines = ["Trade analytics", ""] + [f"  {label:<{width}}  {value}" for label, value in rows]

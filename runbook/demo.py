@@ -12,11 +12,16 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from runbook.localserver import LocalServer, start_server
+
+if TYPE_CHECKING:
+    from runbook.journal import Incident, Journal
 
 DEMO = Path(".demo").resolve()
 BIN = Path(sys.executable).parent
@@ -38,6 +43,12 @@ def wait_for(what: str, check, timeout: float) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(f"{what} did not happen within {timeout:g}s")
+
+
+def incident_since(journal: Journal, alert: str, moment: datetime) -> Incident | None:
+    """The incident of `alert` that fired at or after `moment` (opened then, or an open one it repeated on)."""
+    return next((incident for incident in journal.incidents(alert=alert, limit=20)
+                 if incident.last_fired_at >= moment), None)
 
 
 def deployments_ready(server: LocalServer) -> bool:
@@ -65,15 +76,17 @@ def main() -> int:
         print(f"\nPrefect UI: {server.ui_url}  — open it now: Deployments shows crash-recovery and its trigger.")
         time.sleep(5)
 
-        say("the bot crashes (runbook sandbox fault crash)")
-        runbook("sandbox", "fault", "crash", "--dir", str(sandbox_dir), env=env)
-        say("watching: the watcher fires the alert, the trigger starts crash-recovery, the bot comes back")
-        from runbook.journal import Journal
+        from runbook.journal import Journal, utcnow
         from runbook.settings import load_settings
 
         journal = Journal(load_settings(config).journal_url)
-        wait_for("the alert", lambda: journal.incidents(alert="crash-recovery"), 60)
-        incident = journal.incidents(alert="crash-recovery")[0]
+        say("the bot crashes (runbook sandbox fault crash)")
+        crashed_at = utcnow()
+        runbook("sandbox", "fault", "crash", "--dir", str(sandbox_dir), env=env)
+        say("watching: the watcher fires the alert, the trigger starts crash-recovery, the bot comes back")
+        # this crash's incident, not an earlier run's: the journal of the checkout keeps them all
+        wait_for("the alert", lambda: incident_since(journal, "crash-recovery", crashed_at), 60)
+        incident = incident_since(journal, "crash-recovery", crashed_at)
         print(f"alert fired: incident #{incident.id} ({incident.summary})")
         wait_for("the recovery", lambda: journal.get(incident.id).resolved_at is not None
                  or journal.get(incident.id).status == "escalated", 120)

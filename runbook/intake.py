@@ -1,7 +1,7 @@
 """The webhook intake: Prometheus Alertmanager (v4) and Grafana alert webhooks in, fired alerts out.
 
-`POST /alerts/alertmanager` and `POST /alerts/grafana` take a bearer token (`intake.token`, else
-`$RUNBOOK_INTAKE_TOKEN`; compared in constant time) and a JSON body of at most `intake.max_body_bytes`
+`POST /alerts/alertmanager` and `POST /alerts/grafana` take a bearer token (`intake.token`; the environment
+wins over the file: `$RUNBOOK_INTAKE__TOKEN`, else `$RUNBOOK_INTAKE_TOKEN`; compared in constant time) and a JSON body of at most `intake.max_body_bytes`
 (checked on Content-Length and again while the body streams in, before anything is parsed). Each alert is
 mapped by its `alertname` label (through `intake.alert_names`, or a catalogue key as is) and its bot label
 onto the catalogue; a firing alert goes through `fire_alert` (journal + Prefect event), a resolved one is
@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import socket
 import threading
 import time
@@ -48,7 +47,6 @@ from runbook.settings import Settings
 
 log = logging.getLogger("runbook.intake")
 
-TOKEN_ENV = "RUNBOOK_INTAKE_TOKEN"
 DISABLED_MESSAGE = "intake disabled: no token configured (set intake.token or RUNBOOK_INTAKE_TOKEN)"
 SOURCES = {"alertmanager": "Alertmanager", "grafana": "Grafana"}
 _ECHO_LIMIT = 200  # at most this much of any sender-supplied name is echoed back or logged
@@ -64,13 +62,11 @@ class IntakeDisabled(IntakeError):
 
 
 def intake_token(settings: Settings) -> str | None:
-    """The bearer token: `intake.token` (also RUNBOOK_INTAKE__TOKEN), else $RUNBOOK_INTAKE_TOKEN. Never log it."""
-    if settings.intake.token is not None:
-        value = settings.intake.token.get_secret_value().strip()
-        if value:
-            return value
-    value = os.environ.get(TOKEN_ENV, "").strip()
-    return value or None
+    """The bearer token, `intake.token`: from RUNBOOK_INTAKE__TOKEN, else $RUNBOOK_INTAKE_TOKEN, else the file
+    (runbook.settings.ENV_ALIASES: the environment wins over the file, as for every setting). Never log it."""
+    if settings.intake.token is None:
+        return None
+    return settings.intake.token.get_secret_value().strip() or None
 
 
 # --- payload models -----------------------------------------------------------------------------------

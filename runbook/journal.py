@@ -1,14 +1,20 @@
 """The incident journal: every incident, the actions taken in it and the notifications sent.
 
-SQLAlchemy, SQLite by default (WAL, created on first use), any SQLAlchemy URL by config. It survives
-restarts and is the source of the weekly KPIs. One unresolved incident per alert and bot is enforced by
-the database itself (a partial unique index), so two alerts racing each other cannot open two.
+SQLAlchemy, SQLite by default (WAL, created on first use), any SQLAlchemy URL by config; PostgreSQL
+(`postgresql+psycopg://...`) for a journal shared by several watchers. It survives restarts and is the
+source of the weekly KPIs. One unresolved incident per alert and bot is enforced by the database itself
+(a unique key), so two alerts racing each other -- or two watchers on two hosts -- cannot open two.
+
+The schema is Alembic's (runbook/migrations): the first use of a journal in a process upgrades it to the
+newest revision, a journal made before Alembic included (see migrate()).
 """
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -18,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event, func, or_, select, text,
-    type_coerce, update,
+    Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event, func, inspect, or_, select,
+    text, type_coerce, update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -248,8 +254,114 @@ def _engine(url: str) -> Engine:
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    migrate(engine)
     return engine
+
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest revision of runbook/migrations. A journal already there opens without importing Alembic (a
+# process that only records an incident pays nothing for migrations); a new migration bumps it
+# (tests/test_journal_migrations.py checks it is the head).
+SCHEMA_REVISION = "0002"
+MIGRATION_LOCK_SECONDS = 60.0
+# A journal made before Alembic has no alembic_version: the newest of these revisions whose tables and
+# columns it all has is the one it is at (both were made by create_all of the model of their time).
+_BEFORE_ALEMBIC = (
+    ("0002", {"incidents": {"triggered_at"}, "balance_highs": set()}),
+    ("0001", {"incidents": {"open_key"}, "actions": set(), "notifications": set()}),
+)
+_PG_MIGRATION_LOCK = 0x72756E626F6F6B  # pg_advisory_xact_lock key: one migration at a time per database
+
+
+def _alembic_config(connection: Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migration_heads() -> set[str]:
+    """The newest revision(s) of runbook/migrations (one, unless two migrations claim the same parent)."""
+    from alembic.script import ScriptDirectory
+
+    return set(ScriptDirectory.from_config(_alembic_config()).get_heads())
+
+
+def _revision_before_alembic(connection: Connection) -> str | None:
+    inspector = inspect(connection)
+    tables = set(inspector.get_table_names())
+    for revision, needs in _BEFORE_ALEMBIC:
+        if all(table in tables and columns <= {c["name"] for c in inspector.get_columns(table)}
+               for table, columns in needs.items()):
+            return revision
+    return None
+
+
+@contextmanager
+def _sqlite_migration_lock(url: str) -> Iterator[None]:
+    """Processes opening one SQLite journal at once migrate it one after the other (a lock file beside it)."""
+    database = url.removeprefix("sqlite:///")
+    if not url.startswith("sqlite:///") or database in ("", ":memory:"):
+        yield
+        return
+    with open(f"{database}.migrate-lock", "a+b") as handle:
+        deadline = time.monotonic() + MIGRATION_LOCK_SECONDS
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise JournalError(f"another process has been migrating {database} for over "
+                                       f"{MIGRATION_LOCK_SECONDS:g} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def migrate(engine: Engine) -> list[str]:
+    """Bring the journal's schema to the newest migration; returns the revisions applied (none if current).
+
+    A new database gets every migration from the first. A journal made before Alembic (no alembic_version
+    table) is stamped with the revision its tables match, then upgraded in place: rows are kept. Several
+    processes starting at once take turns: an advisory lock on PostgreSQL, a lock file beside a SQLite
+    journal."""
+    with engine.connect() as connection:
+        if inspect(connection).has_table("alembic_version") and \
+                list(connection.scalars(text("SELECT version_num FROM alembic_version"))) == [SCHEMA_REVISION]:
+            return []
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = _alembic_config()
+    script = ScriptDirectory.from_config(config)
+    heads = set(script.get_heads())
+    if len(heads) != 1:
+        raise JournalError(f"runbook/migrations has {len(heads)} newest revisions ({', '.join(sorted(heads))}): "
+                           "two migrations claim the same parent; point one's down_revision at the other")
+    with _sqlite_migration_lock(engine.url.render_as_string(hide_password=False)), engine.begin() as connection:
+        if connection.dialect.name == "postgresql":  # the wait for another migrating process has a deadline too
+            connection.execute(text(f"SET LOCAL lock_timeout = '{int(MIGRATION_LOCK_SECONDS)}s'"))
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        context = MigrationContext.configure(connection)
+        current = set(context.get_current_heads())
+        if current == heads:
+            return []
+        if not current:
+            before = _revision_before_alembic(connection)
+            if before is not None:
+                context.stamp(script, before)
+                current = {before}
+        applied = [rev.revision for rev in script.iterate_revisions("head", min(current) if current else "base")
+                   if rev.revision not in current]
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    return list(reversed(applied))
 
 
 class JournalError(Exception):

@@ -758,7 +758,8 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         toml_file = _CONFIG_FILE.get("path")
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        # Earlier sources win: RUNBOOK_<SECTION>__<KEY>, then the short names of ENV_ALIASES, then the file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, _AliasEnvSource(settings_cls)]
         if toml_file is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
@@ -772,6 +773,26 @@ class Settings(BaseSettings):
         if name not in self.bots:
             raise ConfigError(f"no bot named {name!r}; configured: {', '.join(self.bots)}")
         return name, self.bots[name]
+
+
+# Short environment names for a few settings, each the same as its RUNBOOK_<SECTION>__<KEY>, with one
+# precedence: RUNBOOK_<SECTION>__<KEY>, then the short name, then the file (docs/configuration.md).
+ENV_ALIASES: dict[str, tuple[str, str]] = {"RUNBOOK_INTAKE_TOKEN": ("intake", "token")}
+
+
+class _AliasEnvSource(PydanticBaseSettingsSource):
+    """The settings named by ENV_ALIASES' variables that are set (and not blank)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for variable, (section, key) in ENV_ALIASES.items():
+            value = os.environ.get(variable, "").strip()
+            if value:
+                values.setdefault(section, {})[key] = value
+        return values
 
 
 # The TOML path travels to settings_customise_sources through here (pydantic-settings reads it at init).

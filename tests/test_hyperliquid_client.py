@@ -42,7 +42,8 @@ from tasks.hyperliquid import (
     get_rate_limit,
 )
 
-RECORDED_DIR = Path("/work/shared/reference/hyperliquid-recorded")
+# copied from the shared reference into the repository, sources named in its README.md
+RECORDED_DIR = Path(__file__).parent / "fixtures" / "hyperliquid-recorded"
 RECORDED_USER = "0x5e9ee1089755c3435139848e47e6635505d5a13a"
 VAULT = "0x31ca8395cf837de08b24da3f660e77761dfb974b"
 FAST = {"max_attempts": 3, "base_delay": 0.01, "max_delay": 0.05}

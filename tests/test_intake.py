@@ -359,7 +359,14 @@ def test_token_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("RUNBOOK_INTAKE_TOKEN", "from-the-environment")
     settings = write_config(tmp_path, token=None)
     assert intake_token(settings) == "from-the-environment"
-    assert intake_token(write_config(tmp_path, token="from-config")) == "from-config"  # config wins
+    # one precedence (docs/configuration.md): RUNBOOK_INTAKE__TOKEN, then RUNBOOK_INTAKE_TOKEN, then the file
+    assert intake_token(write_config(tmp_path, token="from-config")) == "from-the-environment"
+    monkeypatch.setenv("RUNBOOK_INTAKE__TOKEN", "nested-name")
+    assert intake_token(write_config(tmp_path, token="from-config")) == "nested-name"
+    monkeypatch.delenv("RUNBOOK_INTAKE__TOKEN")
+    monkeypatch.setenv("RUNBOOK_INTAKE_TOKEN", "  ")  # blank counts as unset
+    assert intake_token(write_config(tmp_path, token="from-config")) == "from-config"
+    monkeypatch.setenv("RUNBOOK_INTAKE_TOKEN", "from-the-environment")
     with running(settings) as intake:
         assert intake.post("alertmanager", {"alerts": "x"}, token="from-the-environment").status_code == 422
         assert intake.post("alertmanager", {"alerts": "x"}, token=TOKEN).status_code == 401

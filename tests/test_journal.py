@@ -80,3 +80,20 @@ def test_errors_are_clear(journal: Journal) -> None:
     incident, _ = journal.open_incident("a", "b", "INFO")
     with pytest.raises(JournalError, match="unknown outcome"):
         journal.resolve(incident.id, "fixed-itself", "?")
+
+
+def test_make_demo_reports_the_incident_of_its_own_crash(journal: Journal) -> None:
+    # `make demo` run again in the same checkout: the journal holds the first run's resolved incident; the
+    # demo must show the one its new crash opened (runbook/demo.py), not the journal's first
+    from runbook.demo import incident_since
+
+    first, _ = journal.open_incident("crash-recovery", "sandbox", "CRITICAL", "first run")
+    journal.resolve(first.id, j.AUTO_RESOLVED, "restarted")
+    crashed_at = j.utcnow()
+    assert incident_since(journal, "crash-recovery", crashed_at) is None  # not fired yet: keep waiting
+    second, _ = journal.open_incident("crash-recovery", "sandbox", "CRITICAL", "second run")
+    assert incident_since(journal, "crash-recovery", crashed_at).id == second.id != first.id
+    # a crash joining an incident left open by an earlier run is that incident (a repeat moves last_fired_at)
+    later = j.utcnow()
+    joined, created = journal.open_incident("crash-recovery", "sandbox", "CRITICAL", "third run")
+    assert not created and incident_since(journal, "crash-recovery", later).id == second.id

@@ -76,23 +76,28 @@ def test_day_figures_match_hand_computation() -> None:
     assert m.profit_factor == pytest.approx(9.8 / 10.05)
     assert m.total_pnl == Decimal("-0.70") and m.fees == Decimal("0.70") and m.funding is None
     assert (m.best_trade, m.worst_trade) == (Decimal("9.8"), Decimal("-10.05"))
-    # equity 1000 -> 1009.80 -> 999.75 -> 999.75: the fall from the peak is 10.05
-    assert m.max_drawdown == Decimal("10.05") and m.max_drawdown_pct == pytest.approx(10.05 / 1009.8)
+    # equity moves by closedPnl - fee of every fill, opening fees included (trading-metrics.md rule 9):
+    # 1000 -0.2 -0.05 +9.8 -10.05 -0.1 +0 -0.1 -> 999.80, 999.75, 1009.55, 999.50, 999.40, 999.40, 999.30
+    assert m.max_drawdown == Decimal("10.25") and m.max_drawdown_pct == pytest.approx(10.25 / 1009.55)
+    assert m.equity_end - m.equity_start == m.total_pnl
+    assert [round(e, 2) for _, e in r.equity_curve()] == [1000.0, 999.8, 999.75, 1009.55, 999.5, 999.4, 999.4, 999.3]
     assert not r.partial and r.start == datetime(2026, 3, 10, tzinfo=UTC)
 
-    # comparisons: D-1 alone; the 7 and 30 days before D hold the D-5 and D-1 trades
+    # comparisons: D-1 alone; the 7 and 30 days before D hold the D-5 and D-1 trades. The data starts on
+    # D-5 (rule 11): both windows start there, 5 days (D-5 .. D-1), not 7 or 30
     assert r.previous.metrics.trades == 1 and r.previous.metrics.total_pnl == Decimal("9.8")
-    assert r.previous.metrics.equity_start == BALANCE - Decimal("9.9")
+    assert r.previous.metrics.equity_start == BALANCE - Decimal("9.8")
     for n in (7, 30):
         window = r.trailing[n]
         assert window.metrics.trades == 2 and window.metrics.total_pnl == Decimal("4.7")
-        assert window.pnl_per_day == Decimal("4.7") / n and window.days == n
+        assert window.first_day == DAY - timedelta(days=5) and window.days == 5
+        assert window.pnl_per_day == Decimal("4.7") / 5
 
-    # Sharpe / Sortino over the 30 days ending with D, from the equity worked out by hand
-    # the start (1000 - 9.9 + 5.05), end of D-29 .. D-6, D-5 .. D-2, D-1, D
-    equity = [995.15] + [995.15] * 24 + [990.1] * 4 + [1000.0, 999.75]
+    # Sharpe / Sortino over D-5 .. D (the data starts on D-5), from the equity worked out by hand:
+    # the start (1000 - 4.7), end of D-5 (-5.10), D-4 .. D-2 (flat), D-1 (+9.8), D (-0.70)
+    equity = [995.3, 990.2, 990.2, 990.2, 990.2, 1000.0, 999.3]
     returns = np.array(equity[1:]) / np.array(equity[:-1]) - 1
-    assert len(returns) == 30
+    assert len(returns) == 6 == r.risk.days
     assert r.risk.metrics.sharpe == pytest.approx(returns.mean() / returns.std(ddof=1) * math.sqrt(365))
     downside = math.sqrt((np.minimum(returns, 0) ** 2).sum() / len(returns))
     assert r.risk.metrics.sortino == pytest.approx(returns.mean() / downside * math.sqrt(365))
@@ -112,6 +117,34 @@ def test_day_figures_match_hand_computation() -> None:
     assert any("broke a positive week" in line for line in r.recommendations)
 
 
+def test_trailing_windows_start_with_the_data() -> None:
+    # rule 11: a bot whose first fill is on D-2 has 3 days of data; its 30-day window uses those 3 days, not
+    # 27 flat days of a bot that did not exist yet. One round trip a day: +10, -4, +6 (no fees).
+    fills = []
+    for back, pnl in ((2, "10"), (1, "-4"), (0, "6")):
+        day = DAY - timedelta(days=back)
+        fills += [fill("BTC", 10 * back + 1, at(day, 9), "B", "100", "1", "0", "Open Long", "0", "0", 10 * back + 1),
+                  fill("BTC", 10 * back + 2, at(day, 10), "A", "100", "1", "1", "Close Long", pnl, "0", 10 * back + 2)]
+    r = build_daily_report(fills, DAY, BALANCE, now=datetime(2026, 3, 12, tzinfo=UTC))
+    assert r.risk.first_day == DAY - timedelta(days=2) and r.risk.days == 3
+    # equity: start 1000 - (10 - 4) = 994, then 1004, 1000, 1006: three returns, not thirty
+    returns = np.array([1004 / 994, 1000 / 1004, 1006 / 1000]) - 1
+    assert r.risk.metrics.sharpe == pytest.approx(returns.mean() / returns.std(ddof=1) * math.sqrt(365))
+    # with 27 flat days in front it would be another number: the rule is what makes it this one
+    padded = np.concatenate((np.zeros(27), returns))
+    assert r.risk.metrics.sharpe != pytest.approx(padded.mean() / padded.std(ddof=1) * math.sqrt(365))
+    last_30 = r.trailing[30]  # D-30 .. D-1 -> D-2 .. D-1
+    assert (last_30.first_day, last_30.days, last_30.pnl_per_day) == (DAY - timedelta(days=2), 2, Decimal(3))
+    # the account known to exist earlier (its first account value) makes those days real flat days
+    older = build_daily_report(fills, DAY, BALANCE, now=datetime(2026, 3, 12, tzinfo=UTC),
+                               data_since=datetime(2026, 1, 1, tzinfo=UTC))
+    assert older.risk.days == 30 and older.trailing[30].days == 30
+    # data starting on D: the windows before it have no days and no per-day figures
+    today_only = build_daily_report(fills[-2:], DAY, BALANCE, now=datetime(2026, 3, 12, tzinfo=UTC))
+    assert today_only.previous.days == 0 and today_only.previous.pnl_per_day is None
+    assert today_only.trailing[7].to_dict()["trades_per_day"] is None and today_only.risk.days == 1
+
+
 def test_positions_open_before_the_day_count_from_midnight() -> None:
     d = DAY
     fills = [fill("BTC", 1, at(d, 6), "A", "100", "1", "1", "Close Long", "5", "0", 1)]  # opened the day before
@@ -129,11 +162,12 @@ def test_pdf_prints_the_computed_figures(tmp_path: Path) -> None:
     text = pdf_text(path)
     for expected in ("Daily trading summary — 2026-03-10 — alpha", "Trades 3", "Win rate 33.33 %",
                      "Profit factor 0.98", "Net P&L (USD) -0.70", "Fees (USD) 0.70", "Funding (USD) n/a",
-                     "Best trade (USD) +9.80", "Worst trade (USD) -10.05", "Max drawdown 10.05 USD (1.00 %)",
+                     "Best trade (USD) +9.80", "Worst trade (USD) -10.05", "Max drawdown 10.25 USD (1.02 %)",
                      "Time in market 33.3 %", "Largest position (USD) 205.00 SOL",
                      # the comparison table: day, previous day, 7 and 30 days
                      "Net P&L (USD) -0.70 +9.80 +4.70 +4.70", "Trades 3 1 2 2", "Win rate 33.33 % 100.00 % 50.00 % 50.00 %",
-                     f"Sharpe (30 daily returns, ann. √365) {r.risk.metrics.sharpe:.2f}",
+                     f"Sharpe (6 daily returns, ann. √365) {r.risk.metrics.sharpe:.2f}",
+                     "Last 30 days (03-05 to 03-09)",
                      "Peak gross exposure 250.00 USD (0.25x the start balance) at 02:00 UTC",
                      "SOL 1 0.00 % n/a -0.10 0.10 n/a", "Definitions", "Profit factor Gross profit / gross loss"):
         assert expected in text, expected
@@ -151,7 +185,7 @@ def test_a_day_without_trades_still_renders(tmp_path: Path) -> None:
     assert r.recommendations[0].startswith("No trades closed on this day")
     text = pdf_text(write_daily(r, tmp_path))
     for expected in ("Trades 0", "Win rate n/a", "Profit factor n/a", "Net P&L (USD) +0.00",
-                     "no closed trades: equity unchanged", "No trades closed on this day"):
+                     "no fills: equity unchanged", "No trades closed on this day"):
         assert expected in text, expected
     empty = build_daily_report([], DAY, BALANCE, now=datetime(2026, 3, 12, tzinfo=UTC))
     assert empty.metrics.trades == 0 and empty.risk.metrics.sharpe is None

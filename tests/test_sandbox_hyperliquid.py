@@ -25,7 +25,8 @@ from sandbox.faults import write_faults
 from sandbox.hyperliquid_api import COIN_BY_NAME, PriceWalk, candle_opens
 from sandbox.servers import spawn
 
-RECORDED_DIR = Path("/work/shared/reference/hyperliquid-recorded")
+# copied from the shared reference into the repository, sources named in its README.md
+RECORDED_DIR = Path(__file__).parent / "fixtures" / "hyperliquid-recorded"
 
 
 @dataclass

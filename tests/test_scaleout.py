@@ -9,12 +9,17 @@ worker. The alert comes the way it comes on a bot host: the bot is killed and `r
 sees it, records the incident and emits the event; the deployment's trigger on the PostgreSQL-backed
 server creates a flow run in the pool; the worker picks it up and runs crash-recovery, which restarts
 the bot.
+
+The last test shares the incident journal the same way: two watchers (two `runbook serve` processes, each
+with its own working folder, configuration and runner, as on two hosts) watch the one bot with
+`journal_url` on the same PostgreSQL (psycopg 3); one crash makes one incident and one restart.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -205,3 +210,86 @@ def _answers(url: str) -> bool:
         return True
     except httpx.HTTPError:
         return False
+
+
+def test_two_watchers_sharing_a_postgresql_journal_make_one_incident_and_one_restart(
+        postgres: LocalPostgres, pg_prefect: LocalServer, fleet_host: Path, tmp_path: Path) -> None:
+    journal_url = postgres.url("journal", driver="postgresql+psycopg")
+    postgres.create_database("journal")
+    # this server's deployments so far (the pool's, from the test above) would answer the alert too: only
+    # the two watchers' runners serve it here
+    for deployment in api(pg_prefect, "POST", "/deployments/filter", {}):
+        httpx.delete(f"{pg_prefect.url}/deployments/{deployment['id']}", timeout=15).raise_for_status()  # 204, no body
+    source = (fleet_host / "runbook.toml").read_text()
+    bot_name, bot = load_settings(fleet_host / "runbook.toml").bot(None)
+    wait_for(lambda: _answers(bot.health_url), 60, "the bot to answer before the crash")
+
+    hosts: list[tuple[subprocess.Popen[bytes], Path]] = []
+    try:
+        for host in ("host-a", "host-b"):
+            folder = tmp_path / host
+            folder.mkdir()
+            config = folder / "runbook.toml"
+            text = re.sub(r"(?m)^journal_url = .*$", f'journal_url = "{journal_url}"', source)
+            config.write_text(re.sub(r"(?m)^reports_dir = .*$", f'reports_dir = "{folder / "reports"}"', text))
+            config.chmod(0o600)
+            log = folder / "serve.log"
+            with open(log, "wb") as sink:
+                process = subprocess.Popen(
+                    [str(BIN / "runbook"), "serve", "--no-intake", "--config", str(config)], cwd=folder,
+                    env={**client_env(pg_prefect), "RUNBOOK_WATCH__POLL_INTERVAL_SECONDS": "1"},
+                    stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            hosts.append((process, log))
+        for process, log in hosts:
+            wait_for(lambda: process.poll() is not None or "serving" in log.read_text(), 150,
+                     f"{log.parent.name} to serve")
+            assert process.poll() is None, log.read_text()[-3000:]
+        journal = Journal(journal_url)  # the schema both made (one of them migrated it, the other waited)
+        assert _schema_differences(journal_url) == []  # the migrations build the model on PostgreSQL too
+
+        manager.fault(fleet_host, "crash")
+        wait_for(lambda: journal.incidents(alert=FLOW), 60, "a crash-recovery incident in the shared journal")
+
+        def resolved() -> Any:
+            found = journal.incidents(alert=FLOW)
+            return found if found and all(i.status == j.RESOLVED for i in found) else None
+
+        [incident] = wait_for(resolved, 180, "the incident to be resolved", interval=1)
+        assert incident.outcome == j.AUTO_RESOLVED, incident.summary
+        assert httpx.get(bot.health_url, timeout=5).status_code == 200
+        time.sleep(5)  # several more polls of both watchers with the bot up: nothing new fires
+        assert [i.id for i in journal.incidents(alert=FLOW)] == [incident.id]
+        # both watchers saw the crash: one opened the incident, the other counted its repeat on it
+        logs = [log.read_text() for _, log in hosts]
+        opened = [text for text in logs if f"incident #{incident.id} opened" in text]
+        joined = [text for text in logs if f"repeat counted on open incident #{incident.id}" in text]
+        assert len(opened) == 1 and joined, "\n---\n".join(text[-2000:] for text in logs)
+        # one remediation: one flow run, one restart of the bot
+        runs = api(pg_prefect, "POST", "/flow_runs/filter", {})
+        crash_runs = [r for r in runs if r["parameters"].get("incident_id") == incident.id]
+        assert len(crash_runs) == 1 and crash_runs[0]["state_type"] == "COMPLETED", crash_runs
+        restarts = [a for a in journal.get(incident.id).actions if a.step == "restart" and not a.dry_run]
+        assert len(restarts) == 1, [a.as_dict() for a in journal.get(incident.id).actions]
+    finally:
+        for process, _ in hosts:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process, _ in hosts:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=5)
+
+
+def _schema_differences(url: str) -> list[Any]:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return compare_metadata(MigrationContext.configure(connection), j.Base.metadata)
+    finally:
+        engine.dispose()

@@ -93,21 +93,24 @@ def test_mixed_fixture_metrics_match_hand_computation() -> None:
     assert (m.best_trade, m.worst_trade) == (Decimal("97.60"), Decimal("-1007.00"))
     # signs in close order: + - - 0 + + -  -> 2 wins (T5, T6), 2 losses (T2, T3); the 0 breaks a streak
     assert (m.longest_winning_streak, m.longest_losing_streak) == (2, 2)
-    # equity: 10000, 10097.60, 9996.05, 9941.13, 9941.13, 10038.08, 10067.08, 9060.08; peak 10097.60
-    # max DD = 10097.60 - 9060.08 = 1037.52, i.e. 1037.52 / 10097.60 of the peak
-    assert m.max_drawdown == Decimal("1037.52")
-    assert m.max_drawdown_pct == pytest.approx(1037.52 / 10097.60)
-    assert m.equity_start == Decimal("10000") and m.equity_end == Decimal("9060.08")
-    # end of day: d1 after T1,T2; d2 after T3,T4,T5; d3 after T6,T7
+    # equity moves by closedPnl - fee of every fill at its time (rule 9), opening fees included:
+    #   d1: 10000 -2.40 +48.80 +48.80 -1.50 -101.55            -> 9997.60, 10046.40, 10095.20, 10093.70, 9992.15
+    #   d2: -2.48 -54.92 +0.00 +0.30 (rebate) +96.95           -> 9989.67, 9934.75, 9934.75, 9935.05, 10032.00
+    #   d3: -1.00 -1.50 +29.00 -1007.00                        -> 10031.00, 10029.50, 10058.50, 9051.50
+    # peak 10095.20 (after T1's second fill); max DD = 10095.20 - 9051.50 = 1043.70
+    assert m.max_drawdown == Decimal("1043.70")
+    assert m.max_drawdown_pct == pytest.approx(1043.70 / 10095.20)
+    assert m.equity_start == Decimal("10000") and m.equity_end == Decimal("9051.50")
+    assert m.equity_end - m.equity_start == m.total_pnl
     assert [(d.isoformat(), e) for d, e in m.daily_equity] == [
-        ("2024-03-01", Decimal("9996.05")), ("2024-03-02", Decimal("10038.08")), ("2024-03-03", Decimal("9060.08"))]
-    # returns from the start balance: 9996.05/10000-1, 10038.08/9996.05-1, 9060.08/10038.08-1
-    r = [9996.05 / 10000 - 1, 10038.08 / 9996.05 - 1, 9060.08 / 10038.08 - 1]
-    assert r[0] == pytest.approx(-0.000395) and r[1] == pytest.approx(42.03 / 9996.05)
+        ("2024-03-01", Decimal("9992.15")), ("2024-03-02", Decimal("10032.00")), ("2024-03-03", Decimal("9051.50"))]
+    # returns from the start balance: 9992.15/10000-1, 10032.00/9992.15-1, 9051.50/10032.00-1
+    r = [9992.15 / 10000 - 1, 10032.00 / 9992.15 - 1, 9051.50 / 10032.00 - 1]
+    assert r[0] == pytest.approx(-0.000785) and r[1] == pytest.approx(39.85 / 9992.15)
     assert m.sharpe == pytest.approx(statistics.mean(r) / statistics.stdev(r) * math.sqrt(365))
     downside = math.sqrt((r[0] ** 2 + r[2] ** 2) / 3)  # min(r, 0)^2 over all three days
     assert m.sortino == pytest.approx(statistics.mean(r) / downside * math.sqrt(365))
-    assert m.sharpe == pytest.approx(-10.3874, abs=1e-4) and m.sortino == pytest.approx(-10.5989, abs=1e-4)
+    assert m.sharpe == pytest.approx(-10.4877, abs=1e-4) and m.sortino == pytest.approx(-10.6684, abs=1e-4)
     assert m.period_start.isoformat() == "2024-03-01T08:00:00+00:00"
     assert m.period_end.isoformat() == "2024-03-03T06:00:00+00:00"
     assert m.funding is None
@@ -149,17 +152,17 @@ def test_cli_json_has_the_required_keys_and_no_nan() -> None:
     assert code == 0
     data = json.loads(out)
     assert JSON_KEYS <= set(data) and set(data) == JSON_KEYS | EXTRA_KEYS
-    assert data["total_pnl"] == -948.5 and data["fees"] == 30.5 and data["max_drawdown"] == 1037.52
+    assert data["total_pnl"] == -948.5 and data["fees"] == 30.5 and data["max_drawdown"] == 1043.7
     assert data["profit_factor"] == pytest.approx(0.192141, abs=1e-6) and data["profit_factor_infinite"] is False
     assert data["by_coin"]["BTC"]["total_pnl"] == 65.8
-    assert data["daily_equity"][0] == {"date": "2024-03-01", "equity": 9996.05}
+    assert data["daily_equity"][0] == {"date": "2024-03-01", "equity": 9992.15}
     assert data["period_start"] == "2024-03-01T08:00:00.000Z"
 
 
 def test_cli_text_is_a_table() -> None:
     code, out = analyze_trades_command(str(MIXED), 10000.0, False)
     assert code == 0
-    assert "Win rate" in out and "42.86 %" in out and "-948.50" in out and "1,037.52" in out
+    assert "Win rate" in out and "42.86 %" in out and "-948.50" in out and "1,043.70" in out
     assert "By coin" in out and "BTC" in out and "ETH" in out
 
 
@@ -167,13 +170,14 @@ def test_cli_text_is_a_table() -> None:
 # Edge cases of trading-metrics.md C.2
 
 
-def _assert_no_trade_shape(m) -> None:
+def _assert_no_trade_shape(m, flat: bool = True) -> None:
     assert (m.trades, m.wins, m.losses, m.breakevens) == (0, 0, 0, 0)
     assert m.win_rate is None and m.profit_factor is None and m.expectancy is None
     assert m.best_trade is None and m.worst_trade is None and m.avg_win is None and m.avg_loss is None
     assert (m.longest_winning_streak, m.longest_losing_streak) == (0, 0)
-    assert m.sharpe is None and m.sortino is None
-    assert m.max_drawdown == 0 and m.max_drawdown_pct == 0.0
+    if flat:  # no fill moved the equity
+        assert m.sharpe is None and m.sortino is None
+        assert m.max_drawdown == 0 and m.max_drawdown_pct == 0.0
     json.dumps(m.to_dict(), allow_nan=False)
     assert "Trades" in format_metrics_text(m)
 
@@ -188,10 +192,15 @@ def test_no_fills() -> None:
 def test_only_opening_fills_are_no_trades() -> None:
     fills = [fill("BTC", 1, D1 + H, "Open Long", fee="1.25"), fill("ETH", 2, D1 + DAY + H, "Open Short", fee="0.75")]
     m = compute_metrics(fills, start_balance=5000)
-    _assert_no_trade_shape(m)
-    assert m.fees == Decimal("2.00") and m.total_pnl == Decimal("-2.00")  # opening fees still count in total_pnl
-    # equity moves only by trades: flat 5000 on both days; returns 0, 0 -> std 0 -> no Sharpe
-    assert [e for _, e in m.daily_equity] == [Decimal("5000"), Decimal("5000")]
+    _assert_no_trade_shape(m, flat=False)
+    assert m.fees == Decimal("2.00") and m.total_pnl == Decimal("-2.00")  # opening fees count in total_pnl
+    # rule 9: a fee on an opening fill moves equity the day it is paid, though it is in no trade
+    assert [e for _, e in m.daily_equity] == [Decimal("4998.75"), Decimal("4998.00")]
+    assert m.equity_end - m.equity_start == m.total_pnl == m.trade_pnl - Decimal("2.00")
+    assert m.max_drawdown == Decimal("2.00") and m.max_drawdown_pct == pytest.approx(2.00 / 5000)
+    r = [4998.75 / 5000 - 1, 4998.00 / 4998.75 - 1]  # both days lose: Sharpe defined, Sortino over both
+    assert m.sharpe == pytest.approx(statistics.mean(r) / statistics.stdev(r) * math.sqrt(365))
+    assert m.sortino == pytest.approx(statistics.mean(r) / math.sqrt((r[0] ** 2 + r[1] ** 2) / 2) * math.sqrt(365))
     assert m.by_coin["BTC"].trades == 0 and m.by_coin["BTC"].fees == Decimal("1.25")
 
 
@@ -278,6 +287,87 @@ def test_days_without_fills_inside_the_window_are_kept() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------
+# trading-metrics.md rule 10: trades closed at one timestamp are ordered by tid, else oid, else input position
+
+
+def _tied(tids: bool, same_oid: bool = False) -> list[dict]:
+    """A win at 01:00, then a loss (oid 3) and a win (oid 5) closed in the same millisecond at 02:00 -- the
+    win has the smaller tid -- then a loss at 03:00. Listed newest first, as the API answers."""
+    t = D1 + 2 * H
+    loss_oid, win_oid = (7, 7) if same_oid else (3, 5)
+    out = [
+        fill("BTC", 9, D1 + 3 * H, "Close Long", "-2.0", start="1.0", tid=900 if tids else None),
+        fill("ETH", loss_oid, t, "Close Long", "-1.0", start="1.0", tid=20 if tids else None, px="3000.0"),
+        fill("BTC", win_oid, t, "Close Long", "4.0", start="1.0", tid=10 if tids else None),
+        fill("BTC", 1, D1 + H, "Close Long", "3.0", start="1.0", tid=100 if tids else None),
+    ]
+    if not tids:
+        for f in out:
+            del f["tid"]
+    return out
+
+
+def test_ties_are_ordered_by_tid_first() -> None:
+    # by tid: win(10) before loss(20) -> + + - -: streaks 2 and 2 (by oid it would be + - + -: 1 and 1)
+    trades = closed_trades(_tied(tids=True))
+    assert [(c, o) for c, o in zip(trades["coin"], trades["oid"])] == [("BTC", 1), ("BTC", 5), ("ETH", 3), ("BTC", 9)]
+    m = compute_metrics(_tied(tids=True), start_balance=100)
+    assert (m.longest_winning_streak, m.longest_losing_streak) == (2, 2)
+
+
+def test_ties_without_tid_are_ordered_by_oid_then_input_position() -> None:
+    # no tid: oid 3 (loss) before oid 5 (win) -> + - + -
+    trades = closed_trades(_tied(tids=False))
+    assert list(trades["oid"]) == [1, 3, 5, 9]
+    m = compute_metrics(_tied(tids=False), start_balance=100)
+    assert (m.longest_winning_streak, m.longest_losing_streak) == (1, 1)
+    # the same oid on two coins, no tid: their position in the input decides (the loss is listed first)
+    trades = closed_trades(_tied(tids=False, same_oid=True))
+    assert [(c, o) for c, o in zip(trades["coin"], trades["oid"])] == [("BTC", 1), ("ETH", 7), ("BTC", 7), ("BTC", 9)]
+    reversed_input = _tied(tids=False, same_oid=True)
+    reversed_input[1], reversed_input[2] = reversed_input[2], reversed_input[1]
+    assert list(closed_trades(reversed_input)["coin"]) == ["BTC", "BTC", "ETH", "BTC"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# trading-metrics.md rule 9 over every fixture of the suite: equity_end - equity_start == total_pnl
+
+
+def _fixture_fill_lists() -> list[Path]:
+    """Every JSON file under tests/fixtures that holds a list of fills."""
+    found = []
+    for path in sorted(FIXTURES.rglob("*.json")):
+        try:
+            fills = load_fills(path)
+        except FillsError:
+            continue
+        if fills:
+            found.append(path)
+    return found
+
+
+@pytest.mark.parametrize("path", _fixture_fill_lists(), ids=lambda p: p.name)
+def test_every_fee_reaches_equity_on_every_fixture(path: Path) -> None:
+    fills = load_fills(path)
+    m = compute_metrics(fills, start_balance=10000)
+    assert m.equity_end - m.equity_start == m.total_pnl
+    assert m.daily_equity[-1][1] == m.equity_end
+    # what the fees of orders that close nothing add: the difference between the curve and the trade list
+    trades = closed_trades(fills)
+    in_trades = {(c, int(o)) for c, o in zip(trades["coin"], trades["oid"])}
+    outside = sum((Decimal(str(f["closedPnl"])) - Decimal(str(f["fee"])) for f in fills
+                   if (f["coin"], int(f["oid"])) not in in_trades), Decimal(0))
+    assert m.total_pnl - m.trade_pnl == outside
+
+
+def test_the_fixtures_include_opening_fees() -> None:
+    # the invariant above is only worth something if some fixture pays fees outside any trade
+    assert len(_fixture_fill_lists()) >= 2
+    assert any(compute_metrics(load_fills(p)).total_pnl != compute_metrics(load_fills(p)).trade_pnl
+               for p in _fixture_fill_lists())
+
+
+# ------------------------------------------------------------------------------------------------------
 # Classification of fills
 
 
@@ -309,7 +399,7 @@ def test_short_to_long_flip_and_forced_closes() -> None:
 def test_spot_fills_count_in_total_pnl_but_are_not_trades() -> None:
     fills = [fill("@107", 1, D1 + H, "Buy", fee="0.3"), fill("@107", 2, D1 + 2 * H, "Sell", "25.0", "0.3", side="A")]
     m = compute_metrics(fills)
-    assert m.trades == 0 and m.total_pnl == Decimal("24.4") and m.equity_end == m.equity_start
+    assert m.trades == 0 and m.total_pnl == Decimal("24.4") and m.equity_end == m.equity_start + Decimal("24.4")
 
 
 def test_funding_is_reported_apart() -> None:
@@ -504,7 +594,8 @@ def test_property_pnl_identities(fills: list[dict], start: Decimal) -> None:
     assert m.fees == sum((Decimal(f["fee"]) for f in unique), Decimal(0))
     assert m.trades == len(trade_pnls) == m.wins + m.losses + m.breakevens
     assert m.wins == sum(p > 0 for p in trade_pnls) and m.losses == sum(p < 0 for p in trade_pnls)
-    assert m.trade_pnl == sum(trade_pnls, Decimal(0)) == m.equity_end - m.equity_start
+    assert m.trade_pnl == sum(trade_pnls, Decimal(0))
+    assert m.equity_end - m.equity_start == m.total_pnl  # rule 9: every fee reaches equity
     trades = closed_trades(fills)
     assert sorted(Decimal(int(u)).scaleb(-trades.attrs["money_scale"]) for u in trades["pnl_u"]) == sorted(trade_pnls)
     assert sum((c.total_pnl for c in m.by_coin.values()), Decimal(0)) == m.total_pnl

@@ -262,11 +262,12 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest revision of runbook/migrations. A journal already there opens without importing Alembic (a
 # process that only records an incident pays nothing for migrations); a new migration bumps it
 # (tests/test_journal_migrations.py checks it is the head).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 MIGRATION_LOCK_SECONDS = 60.0
 # A journal made before Alembic has no alembic_version: the newest of these revisions whose tables and
 # columns it all has is the one it is at (both were made by create_all of the model of their time).
 _BEFORE_ALEMBIC = (
+    ("0003", {"incidents": {"triggered_at"}, "balance_highs": set(), "deliveries": set()}),
     ("0002", {"incidents": {"triggered_at"}, "balance_highs": set()}),
     ("0001", {"incidents": {"open_key"}, "actions": set(), "notifications": set()}),
 )

@@ -34,6 +34,7 @@ BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("bench.detection_recovery", ["--rounds", "3"], "crash -> detected -> bot healthy under `runbook serve`"),
     ("bench.reports", ["--quick"], "daily summary / weekly analysis at 1k-100k rows"),
     ("bench.backup", ["--no-shell"], "evidence backup vs tar -czf; system failure -> trading stopped"),
+    ("bench.drill", [], "the whole drill: every failure scenario through `runbook serve`"),
 ]
 
 

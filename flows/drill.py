@@ -24,12 +24,12 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
 from reports.drill import DrillReport, not_covered_rows, write_drill
-from runbook.drills import CAUSE_LINE, SCENARIOS, Scenario, parse_scenarios
+from runbook.drills import CAUSE_LINE, SCENARIOS, Scenario, failure_alerts, parse_scenarios
 from runbook.journal import Journal
 from runbook.settings import BotSettings, Settings, load_settings
 from tasks.drill import (
     DrillAborted, check_allowed, check_end, check_no_real_incident, check_served, detect_deadline, lease, now,
-    read_cause, restore, run_command, seconds_between, wait_flows_done, wait_for_alert, wait_for_conclusion,
+    read_cause, restore, run_command, seconds_between, wait_for_alert, wait_for_conclusion, wait_runs_done,
     wait_healthy,
 )
 
@@ -102,12 +102,12 @@ def drill_scenario(settings: Settings, bot_name: str, bot: BotSettings, drill_id
         progress.say(k - 1, f"{prefix}: checking the bot ended {scenario.end}")
         row["recovered"], row["end_seen"] = check_end(bot_name, bot, settings.journal_url, scenario.end, incident,
                                                       grace_seconds=15.0, poll_seconds=drill.poll_seconds)
-        wait_flows_done(settings.journal_url, bot_name, command_started, drill.conclude_timeout_seconds,
-                        drill.poll_seconds)
+        left = max(drill.conclude_timeout_seconds - (now() - injected_at).total_seconds(), 1.0)
+        wait_runs_done(bot_name, failure_alerts(), left, drill.poll_seconds)
     else:
         row["end_seen"] = "no alert fired"
     progress.say(k - 1, f"{prefix}: clearing the fault, waiting for a healthy bot")
-    restore(settings, bot_name, bot, drill_id, command_started, drill.healthy_timeout_seconds, drill.poll_seconds)
+    restore(settings, bot_name, bot, drill_id, command_started, failure_alerts())
     progress.say(k, f"{prefix}: done — {'detected by ' + row['alert'] if row['detected'] else 'NOT detected'}")
     return row
 

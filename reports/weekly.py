@@ -670,7 +670,12 @@ def weekly_command(*, journal_url: str | None, from_file: str | None, period: ti
     start, end_at = period_bounds(end, period, now)
     try:
         if from_file:
-            frame, warnings = incidents_frame(read_incident_file(from_file), strict=True)
+            records = read_incident_file(from_file)
+            # `runbook incidents --json` marks drill incidents (drill_id): never in the production KPIs.
+            production = [r for r in records if not (isinstance(r, dict) and r.get("drill_id"))]
+            frame, warnings = incidents_frame(production, strict=True)
+            if len(production) < len(records):
+                warnings.append(f"{len(records) - len(production)} drill incident(s) left out of the KPIs")
             source = f"file {from_file}"
         else:
             from runbook.journal import Journal

@@ -218,19 +218,30 @@ def _process(bot: BotSettings) -> Any:
 # -- between scenarios ----------------------------------------------------------------------------
 
 
-@task(name="wait for the drill's flows to end", cache_policy=NO_CACHE_POLICY)
-def wait_flows_done(journal_url: str, bot_name: str, since: datetime, timeout_seconds: float,
-                    poll_seconds: float) -> list[str]:
-    """Remediations of the scenario still running (a second alert's flow, say) are let finish, so the next
-    scenario starts from a quiet bot; returns what was still running at the deadline."""
-    journal = Journal(journal_url)
+def active_runs(bot_name: str, flows: list[str]) -> list[str]:
+    """Remediation runs for this bot not finished yet (scheduled, pending, running, paused), as "name (state)"."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    unfinished = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CANCELLING]
+    with get_client(sync_client=True, httpx_settings={"timeout": PREFECT_TIMEOUT_SECONDS}) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=flows)),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=unfinished))))
+    return [f"{run.name} ({run.state.name if run.state else '?'})" for run in runs
+            if (run.parameters or {}).get("bot") in (bot_name, None)]
+
+
+@task(name="wait for the remediations to end", cache_policy=NO_CACHE_POLICY)
+def wait_runs_done(bot_name: str, flows: list[str], timeout_seconds: float, poll_seconds: float) -> list[str]:
+    """Every remediation of the bot still going (a second alert's run, a re-triggered one) is let finish, so
+    the next step starts from a quiet bot; returns what was still going at the deadline."""
     deadline = time.monotonic() + timeout_seconds
     while True:
-        running = []
-        for incident in journal.incidents(bot=bot_name, since=since):
-            run = flow_run_state(incident.flow_run_id) if incident.flow_run_id else None
-            if run is not None and not run["final"]:
-                running.append(f"#{incident.id} {incident.alert} (run {run['state']})")
+        running = active_runs(bot_name, flows)
         if not running or time.monotonic() >= deadline:
             return running
         time.sleep(poll_seconds)
@@ -238,29 +249,34 @@ def wait_flows_done(journal_url: str, bot_name: str, since: datetime, timeout_se
 
 @task(name="restore the bot", cache_policy=NO_CACHE_POLICY)
 def restore(settings: Settings, bot_name: str, bot: BotSettings, drill_id: int, since: datetime,
-            timeout_seconds: float, poll_seconds: float) -> list[str]:
-    """Put the bot back as the scenario found it: clear the faults, close the drill's incidents left open
-    (releasing a deliberate stop), restart the bot (its verified PID, under the bot lock) if it does not come
-    back healthy by itself, and wait until it is healthy. Raises DrillAborted if it is not."""
+            flows: list[str]) -> list[str]:
+    """Put the bot back as the scenario found it: clear the faults, restart the bot (its verified PID, under
+    the bot lock) if it does not come back healthy by itself, let the remediations its recovery set off
+    finish, and close the drill's incidents left open (releasing a deliberate stop). Raises DrillAborted if
+    the bot is not healthy in the end."""
+    drill = settings.drill
     journal = Journal(settings.journal_url)
     done = []
     if bot.drill.clear:
         done.append(run_command.fn(bot.drill.clear, bot.drill.command_timeout_seconds))
     journal.claim_for_drill(drill_id, bot_name, since)
-    done += close_drill_incidents(journal, bot_name, drill_id)
-    if not _healthy_within(bot, min(15.0, timeout_seconds), poll_seconds):
+    done += close_drill_incidents(journal, bot_name, drill_id)  # a held bot may be restarted now
+    if not _healthy_within(bot, min(15.0, drill.healthy_timeout_seconds), drill.poll_seconds):
         recovery = settings.recovery
         with bot_lock(bot_name, recovery.lock_timeout_seconds, recovery.lock_lease_seconds):
             process = _process(bot)
             if process is not None:
                 done.append(stop_process.fn(process, bot, recovery.stop_timeout_seconds))
             done.append(start_bot.fn(bot))
-        if not _healthy_within(bot, timeout_seconds, poll_seconds):
-            raise DrillAborted(f"bot {bot_name} is not healthy {timeout_seconds:g}s after the drill restored it: "
-                               f"{probe_health_once(bot).summary()}")
-    # Alerts the recovery itself raised (a restart seen as a crash) are the drill's too.
+    # Alerts the outage and the restart raised (a restart seen as a crash) start runs: let them end.
+    still = wait_runs_done.fn(bot_name, flows, drill.conclude_timeout_seconds, drill.poll_seconds)
+    if still:
+        done.append(f"still running after {drill.conclude_timeout_seconds:g}s: {', '.join(still)}")
     journal.claim_for_drill(drill_id, bot_name, since)
     done += close_drill_incidents(journal, bot_name, drill_id)
+    if not _healthy_within(bot, drill.healthy_timeout_seconds, drill.poll_seconds):
+        raise DrillAborted(f"bot {bot_name} is not healthy {drill.healthy_timeout_seconds:g}s after the drill "
+                           f"restored it: {probe_health_once(bot).summary()}")
     return done
 
 
@@ -298,7 +314,7 @@ def lease(settings: Settings) -> timedelta:
     """How long one scenario may take at most: the drill's hold on incidents is renewed per scenario."""
     drill = settings.drill
     return timedelta(seconds=drill.detect_timeout_seconds + settings.watch.websocket_down_seconds
-                     + drill.conclude_timeout_seconds + 2 * drill.healthy_timeout_seconds + 120)
+                     + 2 * drill.conclude_timeout_seconds + 2 * drill.healthy_timeout_seconds + 120)
 
 
 def seconds_between(start: datetime, end: datetime | None) -> float | None:

@@ -615,12 +615,14 @@ def _render_drill(report: DrillReport, path: Path) -> None:
         story.append(_p(f"Problem: {problem}", s["small"]))
     secs = lambda value: "-" if value is None else f"{value:.1f} s"  # noqa: E731
     story += [_p("Scenarios", s["h2"]), data_table(
-        ["Scenario", "Alert", "Detected", "Detect", "Response", "Cause", "Cause found", "Correct", "Recovered",
+        ["Scenario", "Alert", "Seen", "Detect", "Response", "Cause", "Cause found", "Right", "Ended ok",
          "Outcome", "Verdict"],
         [[r["scenario"], r.get("alert") or "-", _yes(r.get("detected")), secs(r.get("detect_seconds")),
           secs(r.get("response_seconds")), secs(r.get("cause_seconds")), r.get("cause_found") or "-",
           _yes(r.get("cause_correct")), _yes(r.get("recovered")), r.get("outcome") or "-", verdict(r)]
          for r in report.rows],
-        widths=[1.3, 1.5, 0.7, 0.7, 0.8, 0.7, 2.4, 0.7, 0.8, 1.1, 1.6], font_size=6.5)]
+        widths=[1.75, 1.9, 0.6, 0.75, 0.85, 0.75, 2.6, 0.6, 0.8, 1.1, 1.7], font_size=6)]
+    story += [_p("Seen: an alert fired. Right: the cause was correct. Ended ok: the bot ended as the scenario "
+                 "says (recovered). Times from the injection.", s["small"])]
     story += definitions(DRILL_DEFINITIONS)
     _build(doc, story)

@@ -142,6 +142,14 @@ def test_a_bot_without_drill_allowed_is_refused_before_anything_is_injected(serv
     assert len(journal.incidents()) == incidents
 
 
+def test_serve_registers_the_drill_deployment_with_its_schedule_off(served: dict, prefect_server) -> None:
+    found = httpx.post(f"{prefect_server.url}/deployments/filter",
+                       json={"deployments": {"name": {"any_": ["drill"]}}}, timeout=10).json()
+    assert len(found) == 1 and found[0]["parameters"]["config"] == str(served["config"])
+    schedules = found[0]["schedules"]
+    assert [s["schedule"]["cron"] for s in schedules] == ["0 6 1 * *"] and not schedules[0]["active"]
+
+
 def test_figures_and_verdicts_from_rows() -> None:
     """The KPI arithmetic on hand-written rows (docs/kpis.md "Drills"), no drill needed."""
     from datetime import UTC, datetime

@@ -23,7 +23,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from reports.drill import DrillReport, not_covered_rows, write_drill
+from reports.drill import DrillReport, not_covered_rows
+from reports.pdf import write_drill
 from runbook.drills import CAUSE_LINE, SCENARIOS, Scenario, failure_alerts, parse_scenarios
 from runbook.journal import Journal
 from runbook.settings import BotSettings, Settings, load_settings

@@ -22,7 +22,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from reports import ReportOutcome
-from reports.weekly import WeeklyReport, analyze, drill_figures, fmt_rate, incidents_frame, parse_end, write_weekly
+from reports.drill import drill_section
+from reports.weekly import WeeklyReport, analyze, fmt_rate, incidents_frame, parse_end, write_weekly
 from runbook.journal import Journal
 from runbook.markdown import table
 from runbook.settings import load_settings, parse_period
@@ -49,7 +50,7 @@ def read_journal(journal_url: str, start: datetime, end: datetime, bot: str | No
 @task(name="read the latest drill", cache_policy=NO_CACHE_POLICY, retries=2, retry_delay_seconds=[2, 5])
 def read_drills(journal_url: str, start: datetime, end: datetime, bot: str | None) -> dict[str, Any]:
     """The drill section: the latest drill's coverage and accuracy, the period's drill incidents (not in the KPIs)."""
-    return drill_figures(journal_url, start, end, bot)
+    return drill_section(Journal(journal_url).drill_summary(start, end, bot))
 
 
 @task(name="compute the alert KPIs", cache_policy=NO_CACHE_POLICY)

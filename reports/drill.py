@@ -13,7 +13,6 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from runbook.drills import NOT_COVERED, SCENARIOS
@@ -159,9 +158,11 @@ def not_covered_rows(skipped: dict[str, str]) -> list[dict[str, Any]]:
     return rows
 
 
-def drill_section(result: dict[str, Any] | None, started_at: datetime | None, incidents: int) -> dict[str, Any]:
-    """The weekly report's drill section: the latest drill's figures and the drill incidents of the week."""
-    result = result or {}
+def drill_section(summary: dict[str, Any]) -> dict[str, Any]:
+    """The weekly report's drill section from the journal's `drill_summary`: the latest drill's figures and
+    the drill incidents of the period."""
+    result = summary.get("result") or {}
+    started_at, incidents = summary.get("started_at"), summary.get("incidents", 0)
     return {
         "latest_drill_id": result.get("drill_id"), "latest_drill_at": _iso(started_at) if started_at else None,
         "alert_coverage": result.get("alert_coverage"), "detection_accuracy": result.get("detection_accuracy"),
@@ -173,15 +174,6 @@ def drill_section(result: dict[str, Any] | None, started_at: datetime | None, in
 
 def report_file_name(report: DrillReport) -> str:
     return f"drill-{report.bot}-{report.started_at:%Y-%m-%dT%H%M%S}.pdf"
-
-
-def write_drill(report: DrillReport, folder: Path) -> Path:
-    from reports.pdf import render_drill
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = render_drill(report, folder / report_file_name(report))
-    report.pdf_path = str(path)
-    return path
 
 
 def text_summary(report: DrillReport) -> str:

@@ -36,7 +36,7 @@ from reportlab.platypus import (
 
 from reports.daily import DEFINITIONS as DAILY_DEFINITIONS
 from reports.daily import DailyReport, fmt_pct, fmt_ratio, fmt_usd
-from reports.drill import DRILL_DEFINITIONS, DrillReport, verdict
+from reports.drill import DRILL_DEFINITIONS, DrillReport, report_file_name, verdict
 from reports.weekly import KPI_DEFINITIONS, SEVERITY_ORDER, WeeklyReport, fmt_duration, fmt_rate
 
 MAX_POINTS = 1500
@@ -597,6 +597,14 @@ def _render_weekly(report: WeeklyReport, path: Path) -> None:
 
 def render_drill(report: DrillReport, path: Path) -> Path:
     return _atomic(path, lambda tmp: _render_drill(report, tmp))
+
+
+def write_drill(report: DrillReport, folder: Path) -> Path:
+    """The drill's PDF in `folder` (reports_dir/drills by default), beside the daily and weekly ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = render_drill(report, folder / report_file_name(report))
+    report.pdf_path = str(path)
+    return path
 
 
 def _yes(value: bool | None) -> str:

@@ -652,17 +652,6 @@ def text_summary(report: WeeklyReport) -> str:
     return "\n".join(lines)
 
 
-def drill_figures(journal_url: str, start: datetime, end: datetime, bot: str | None) -> dict[str, Any]:
-    """The drill section: the latest drill finished before `end` and the drill incidents of [start, end)."""
-    from reports.drill import drill_section
-    from runbook.journal import Journal
-
-    journal = Journal(journal_url)
-    latest = journal.latest_drill(bot, before=end)
-    result = json.loads(latest.result) if latest is not None and latest.result else None
-    return drill_section(result, latest.started_at if latest else None, len(journal.drill_incidents(start, end, bot)))
-
-
 def weekly_command(*, journal_url: str | None, from_file: str | None, period: timedelta, end: datetime | None,
                    out: Path, bot: str | None = None, flap_window: timedelta = timedelta(hours=1),
                    as_json: bool = False, now: datetime | None = None) -> tuple[int, str]:
@@ -687,7 +676,10 @@ def weekly_command(*, journal_url: str | None, from_file: str | None, period: ti
         report = analyze(frame, start, end_at, now=now, flap_window=flap_window, source=source, bot=bot,
                          warnings=warnings)
         if not from_file:
-            report.drill = drill_figures(journal_url, start, end_at, bot)
+            from reports.drill import drill_section
+            from runbook.journal import Journal
+
+            report.drill = drill_section(Journal(journal_url).drill_summary(start, end_at, bot))
     except (IncidentsError, ValueError) as error:
         return 2, f"error: {error}"
     write_weekly(report, out)

@@ -522,6 +522,14 @@ class Journal:
         with self._session() as session:
             return session.scalars(query.order_by(Drill.started_at.desc(), Drill.id.desc())).first()
 
+    def drill_summary(self, start: datetime, end: datetime, bot: str | None = None) -> dict[str, Any]:
+        """What the weekly report shows of drills: the latest finished before `end` (its figures and start)
+        and how many drill incidents fired in [start, end)."""
+        latest = self.latest_drill(bot, before=end)
+        return {"result": json.loads(latest.result) if latest is not None and latest.result else None,
+                "started_at": latest.started_at if latest is not None else None,
+                "incidents": len(self.drill_incidents(start, end, bot))}
+
     def drill_incidents(self, start: datetime, end: datetime, bot: str | None = None) -> list[Incident]:
         """Incidents drills caused in [start, end) on fired_at: the weekly report's drill section."""
         query = select(Incident).where(Incident.drill_id.is_not(None), Incident.fired_at >= start,

@@ -31,6 +31,8 @@ from bench.common import (
 )
 
 THRESHOLDS = {
+    # The sandbox's random walk fires these by chance (not drilled: no injection makes them on demand).
+    "RUNBOOK_WATCH__DISABLED": '["win-rate-review", "new-balance-high"]',
     "RUNBOOK_WATCH__POLL_INTERVAL_SECONDS": "1",
     "RUNBOOK_WATCH__WEBSOCKET_DOWN_SECONDS": "10",
     "RUNBOOK_INFRA__WEBSOCKET_RECONNECT_WAIT_SECONDS": "10",

@@ -133,10 +133,11 @@ def test_a_bot_without_drill_allowed_is_refused_before_anything_is_injected(serv
     journal = Journal(settings.journal_url)
     bot_pid = (served["dir"] / "bot" / "trading_bot.pid").read_text()
     incidents = len(journal.incidents())
-    done = subprocess.run([RUNBOOK, "drill", "--config", str(config), "--scenarios", "crash"], capture_output=True,
-                          text=True, timeout=120, env={**os.environ, **DRILL_ENV})
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "does not allow drills" in done.stderr and "nothing was injected" in done.stderr
+    from flows.drill import drill
+    from tasks.drill import DrillRefused
+
+    with pytest.raises(DrillRefused, match="does not allow drills.*nothing was injected"):
+        drill(config=str(config), scenarios="crash")
     assert (served["dir"] / "bot" / "trading_bot.pid").read_text() == bot_pid  # the bot was not killed
     assert read_faults(served["dir"] / "faults.json") == {}
     assert len(journal.incidents()) == incidents

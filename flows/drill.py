@@ -155,6 +155,11 @@ def drill(bot: str | None = None, config: str | None = None, scenarios: str | No
                   "cause_seconds": None, "cause_found": None, "cause_correct": None, "recovered": None,
                   "outcome": "not run (drill aborted)"} for key in runnable if key not in done]
         progress.say(len(done), f"drill aborted: {error}")
+        if isinstance(error, RuntimeError):  # an inject command failed: the fault may be half in place
+            try:
+                restore(settings, bot_name, bot_settings, record.id, started, failure_alerts())
+            except Exception as restore_error:  # noqa: BLE001 - reported, and the drill still reports
+                problems.append(f"the bot was not restored after the abort: {restore_error}")
     rows += not_covered_rows(skipped)
     report = DrillReport(bot=bot_name, drill_id=record.id, started_at=started, finished_at=now(), rows=rows,
                          status=status, problems=problems)

@@ -344,6 +344,7 @@ def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_tok
         "[bots.sandbox.drill]",
         "# `runbook drill` injects each scenario with `runbook sandbox fault KIND` and clears it after.",
         f"clear = {q(_fault_command(directory, 'clear'))}",
+        "command_timeout_seconds = 120  # each command starts a Python process: slow on a loaded host",
         "",
         "[bots.sandbox.drill.inject]",
         *(f"{json.dumps(key)} = {q(_fault_command(directory, key))}" for key in DRILL_FAULTS),

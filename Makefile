@@ -34,7 +34,7 @@ test: install
 	$(VENV)/bin/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # Every benchmark, each printing its reference measured in the same run, then one table of all
-# (bench/run_all.py; how to read it: docs/benchmarks.md). Under 15 minutes on 2 cores.
+# (bench/run_all.py; how to read it: docs/benchmarks.md). Under 15 minutes on 2 cores, plus 6-10 for the whole drill.
 bench: install
 	$(VENV)/bin/python -m bench.run_all
 

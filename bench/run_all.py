@@ -26,7 +26,8 @@ from typing import Any
 from bench.common import REPO, RESULTS_ENV, describe_machine, machine, table
 
 # (module, arguments for `make bench`, what it measures). The arguments keep the whole run under
-# 15 minutes on a 2-core machine; run a module alone for more rounds or bigger sizes.
+# 15 minutes on a 2-core machine, plus the whole drill (bench.drill, 6-10 min); run a module alone for
+# more rounds or bigger sizes.
 BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("bench.logscan", [], "log scan vs grep -c, tail vs tail -n, on a 1 GB log"),
     ("bench.overhead", [], "orchestration overhead per Prefect task"),
@@ -34,7 +35,11 @@ BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("bench.detection_recovery", ["--rounds", "3"], "crash -> detected -> bot healthy under `runbook serve`"),
     ("bench.reports", ["--quick"], "daily summary / weekly analysis at 1k-100k rows"),
     ("bench.backup", ["--no-shell"], "evidence backup vs tar -czf; system failure -> trading stopped"),
+    ("bench.drill", [], "the whole drill: every failure scenario through `runbook serve`"),
 ]
+
+# Benchmarks that need longer than --timeout: the whole drill waits on ten real remediations.
+TIMEOUTS: dict[str, float] = {"bench.drill": 1800.0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -126,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             for module, extra, _ in wanted:
                 if short(module) in missing:
                     continue
-                runs.append(run_one(module, extra, Path(folder) / f"{short(module)}.json", args.timeout))
+                runs.append(run_one(module, extra, Path(folder) / f"{short(module)}.json",
+                                    max(args.timeout, TIMEOUTS.get(module, 0.0))))
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -53,4 +53,7 @@ def build_deployments(config: Path, settings: Settings | None = None) -> list[Ru
             # Loaded by module path, so the runner finds the flow whatever its working directory.
             entrypoint_type=EntrypointType.MODULE_PATH,
         ))
+    from deployments.drill import drill_deployment
+
+    deployments.append(drill_deployment(config, settings))
     return deployments

@@ -22,7 +22,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from reports import ReportOutcome
-from reports.weekly import WeeklyReport, analyze, incidents_frame, parse_end, write_weekly
+from reports.drill import drill_section
+from reports.weekly import WeeklyReport, analyze, fmt_rate, incidents_frame, parse_end, write_weekly
 from runbook.journal import Journal
 from runbook.markdown import table
 from runbook.settings import load_settings, parse_period
@@ -46,6 +47,12 @@ def read_journal(journal_url: str, start: datetime, end: datetime, bot: str | No
     return Journal(journal_url).kpi_columns(start, end, bot)
 
 
+@task(name="read the latest drill", cache_policy=NO_CACHE_POLICY, retries=2, retry_delay_seconds=[2, 5])
+def read_drills(journal_url: str, start: datetime, end: datetime, bot: str | None) -> dict[str, Any]:
+    """The drill section: the latest drill's coverage and accuracy, the period's drill incidents (not in the KPIs)."""
+    return drill_section(Journal(journal_url).drill_summary(start, end, bot))
+
+
 @task(name="compute the alert KPIs", cache_policy=NO_CACHE_POLICY)
 def compute(columns: dict[str, list[Any]], start: datetime, end: datetime, flap_minutes: float,
             bot: str | None) -> WeeklyReport:
@@ -66,6 +73,12 @@ def artifact(report: WeeklyReport, upload: Upload) -> None:
     slack = (f"posted to {upload.channel}" + (f" ([open]({upload.permalink}))" if upload.permalink else "")
              if upload.delivered else f"not posted to Slack: {upload.error}")
     rows = [list(row) for row in report.headline()]
+    if report.drill and report.drill["latest_drill_id"] is not None:
+        d = report.drill
+        rows.append([f"Latest drill #{d['latest_drill_id']}: alert coverage / detection / cause",
+                     " / ".join(fmt_rate(d[k], 0) for k in ("alert_coverage", "detection_accuracy", "cause_accuracy"))])
+    if report.drill:
+        rows.append(["Drill incidents (not in the KPIs)", str(report.drill["drill_incidents"])])
     alerts = table(["Alert", "Severity", "Incidents", "MTTR mean (s)", "Target (s)", "Met"],
                    [[alert, b["severity"], b["count"], "n/a" if b["mttr_mean_seconds"] is None
                      else f"{b['mttr_mean_seconds']:.0f}", "n/a" if b["target_seconds"] is None
@@ -103,6 +116,7 @@ def weekly_alert_analysis(bot: str | None = None, config: str | None = None, per
     start_at = end_at - span
     columns = read_journal(settings.journal_url, start_at, end_at, bot)
     report = compute(columns, start_at, end_at, settings.reports.flap_window_minutes, bot)
+    report.drill = read_drills(settings.journal_url, start_at, end_at, bot)
     render(report, settings.reports_dir / "weekly")
     upload = post_report(settings.slack, report.pdf_path, report.message(), report.title,
                          settings.reports.slack_channel)

@@ -1,5 +1,5 @@
 """The reports as PDFs a person is glad to open: reportlab (platypus for the page, reportlab.graphics for the
-charts). Two documents: the daily trading summary and the weekly alert-pattern analysis.
+charts). Three documents: the daily trading summary, the weekly alert-pattern analysis and a drill's results.
 
 Each starts with a title, a summary block of the headline figures and the recommendations, then the
 charts, the tables, and the definitions of every figure it prints. Charts are drawn from bounded data
@@ -36,6 +36,7 @@ from reportlab.platypus import (
 
 from reports.daily import DEFINITIONS as DAILY_DEFINITIONS
 from reports.daily import DailyReport, fmt_count, fmt_pct, fmt_ratio, fmt_usd
+from reports.drill import DRILL_DEFINITIONS, DrillReport, report_file_name, verdict
 from reports.weekly import KPI_DEFINITIONS, SEVERITY_ORDER, WeeklyReport, fmt_duration, fmt_rate
 
 MAX_POINTS = 1500
@@ -576,5 +577,61 @@ def _render_weekly(report: WeeklyReport, path: Path) -> None:
         [[f"#{r['id']}" if r["id"] is not None else "-", r["alert"], r["bot"], (r["fired_at"] or "")[:16].replace("T", " "),
           fmt_duration(r["response_seconds"]), fmt_duration(r["target_seconds"])] for r in report.slowest],
         widths=[0.8, 1.8, 1, 1.5, 1.2, 0.9])])]
+    if report.drill:
+        d = report.drill
+        story += [KeepTogether([_p("Drills (not in the KPIs above)", s["h2"]), data_table(["Figure", "Value"], [
+            ["Latest drill", f"#{d['latest_drill_id']} at {(d['latest_drill_at'] or '')[:16].replace('T', ' ')} UTC"
+             if d["latest_drill_id"] is not None else "none yet"],
+            ["Alert coverage", fmt_rate(d["alert_coverage"], 0)],
+            ["Detection accuracy", fmt_rate(d["detection_accuracy"], 0)],
+            ["Cause accuracy", fmt_rate(d["cause_accuracy"], 0)],
+            ["Investigation time (median)", fmt_duration(d["investigation_median_seconds"])],
+            ["Drill incidents this period (excluded from MTTR, false positives, uptime)", f"{d['drill_incidents']:,}"],
+        ], widths=[3, 1.5])])]
     story += definitions(KPI_DEFINITIONS)
+    _build(doc, story)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# drill
+
+
+def render_drill(report: DrillReport, path: Path) -> Path:
+    return _atomic(path, lambda tmp: _render_drill(report, tmp))
+
+
+def write_drill(report: DrillReport, folder: Path) -> Path:
+    """The drill's PDF in `folder` (reports_dir/drills by default), beside the daily and weekly ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = render_drill(report, folder / report_file_name(report))
+    report.pdf_path = str(path)
+    return path
+
+
+def _yes(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "NO")
+
+
+def _render_drill(report: DrillReport, path: Path) -> None:
+    s = _styles()
+    doc = _doc(path, report.title)
+    story: list[Any] = [
+        _p(report.title, s["title"]),
+        _p(f"Status {report.status} · {report.started_at:%H:%M:%S} to {report.finished_at:%H:%M:%S} UTC", s["subtitle"]),
+        Spacer(1, 5 * mm), summary_block(report.headline(), columns=3),
+    ]
+    for problem in report.problems:
+        story.append(_p(f"Problem: {problem}", s["small"]))
+    secs = lambda value: "-" if value is None else f"{value:.1f} s"  # noqa: E731
+    story += [_p("Scenarios", s["h2"]), data_table(
+        ["Scenario", "Alert", "Seen", "Detect", "Response", "Cause", "Cause found", "Right", "Ended ok",
+         "Outcome", "Verdict"],
+        [[r["scenario"], r.get("alert") or "-", _yes(r.get("detected")), secs(r.get("detect_seconds")),
+          secs(r.get("response_seconds")), secs(r.get("cause_seconds")), r.get("cause_found") or "-",
+          _yes(r.get("cause_correct")), _yes(r.get("recovered")), r.get("outcome") or "-", verdict(r)]
+         for r in report.rows],
+        widths=[1.75, 1.9, 0.6, 0.75, 0.85, 0.75, 2.6, 0.6, 0.8, 1.1, 1.7], font_size=6)]
+    story += [_p("Seen: an alert fired. Right: the cause was correct. Ended ok: the bot ended as the scenario "
+                 "says (recovered). Times from the injection.", s["small"])]
+    story += definitions(DRILL_DEFINITIONS)
     _build(doc, story)

@@ -301,6 +301,9 @@ class WeeklyReport:
     warnings: list[str] = field(default_factory=list)
     recommendations: list[str] = field(default_factory=list)
     pdf_path: str | None = None
+    # The latest drill's figures and the period's drill incidents (reports/drill.py drill_section); drill
+    # incidents never count in the figures above.
+    drill: dict[str, Any] | None = None
 
     @property
     def period_seconds(self) -> float:
@@ -365,6 +368,7 @@ class WeeklyReport:
             "by_severity": self.by_severity, "by_alert": self.by_alert, "per_day": per_day,
             "noisiest": self.noisiest, "slowest": self.slowest,
             "recommendations": list(self.recommendations), "warnings": list(self.warnings),
+            "drill": self.drill,
         }
 
 
@@ -633,6 +637,14 @@ def text_summary(report: WeeklyReport) -> str:
         for alert, b in report.by_alert.items():
             lines.append(f"  {alert:<24} {b['severity']:<9} {b['count']:>6}  MTTR {fmt_duration(b['mttr_mean_seconds'])}"
                          f" (target {fmt_duration(b['target_seconds'])})")
+    if report.drill:
+        d = report.drill
+        latest = (f"#{d['latest_drill_id']} ({d['latest_drill_at']}): alert coverage {fmt_rate(d['alert_coverage'], 0)}, "
+                  f"detection {fmt_rate(d['detection_accuracy'], 0)}, cause {fmt_rate(d['cause_accuracy'], 0)}, "
+                  f"investigation median {fmt_duration(d['investigation_median_seconds'])}"
+                  if d["latest_drill_id"] is not None else "none yet")
+        lines += ["", "Drills (not in the KPIs above)", f"  latest drill: {latest}",
+                  f"  drill incidents this period: {d['drill_incidents']}"]
     lines += ["", "Recommendations:"] + [f"  - {line}" for line in report.recommendations]
     lines += [f"warning: {w}" for w in report.warnings]
     if report.pdf_path:
@@ -647,7 +659,12 @@ def weekly_command(*, journal_url: str | None, from_file: str | None, period: ti
     start, end_at = period_bounds(end, period, now)
     try:
         if from_file:
-            frame, warnings = incidents_frame(read_incident_file(from_file), strict=True)
+            records = read_incident_file(from_file)
+            # `runbook incidents --json` marks drill incidents (drill_id): never in the production KPIs.
+            production = [r for r in records if not (isinstance(r, dict) and r.get("drill_id"))]
+            frame, warnings = incidents_frame(production, strict=True)
+            if len(production) < len(records):
+                warnings.append(f"{len(records) - len(production)} drill incident(s) left out of the KPIs")
             source = f"file {from_file}"
         else:
             from runbook.journal import Journal
@@ -658,6 +675,11 @@ def weekly_command(*, journal_url: str | None, from_file: str | None, period: ti
             source = "journal"
         report = analyze(frame, start, end_at, now=now, flap_window=flap_window, source=source, bot=bot,
                          warnings=warnings)
+        if not from_file:
+            from reports.drill import drill_section
+            from runbook.journal import Journal
+
+            report.drill = drill_section(Journal(journal_url).drill_summary(start, end_at, bot))
     except (IncidentsError, ValueError) as error:
         return 2, f"error: {error}"
     write_weekly(report, out)

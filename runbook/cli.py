@@ -195,6 +195,54 @@ def watch(
         pass
 
 
+@app.command()
+def drill(
+    scenarios: str = typer.Option("all", "--scenarios", "-s", help="all, or a comma list: crash,hang,websocket,..."),
+    bot: Optional[str] = typer.Option(None, "--bot", "-b", help="Which configured bot (it must allow drills)."),
+    config: Optional[Path] = ConfigOption,
+    out: Optional[Path] = typer.Option(None, "--out", help="Folder for the PDF (default: reports_dir/drills)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Drill the runbook: inject each failure scenario while `runbook serve` runs, measure detection and diagnosis.
+
+    Exit codes: 0 every scenario drilled passed, 1 the drill ran and found problems (or was aborted), 2 refused
+    (drill_allowed, production path not served, an open incident) or bad usage; nothing is injected then."""
+    path = config_path(config).resolve()
+    try:
+        settings = load_settings(path)
+        settings.bot(bot or settings.drill.bot)
+        from runbook.drills import parse_scenarios
+
+        parse_scenarios(scenarios)
+    except (ConfigError, ValueError) as error:
+        raise _fail(str(error))
+    from flows.drill import drill as drill_flow
+    from tasks.drill import DrillRefused
+
+    try:
+        result = drill_flow(bot=bot, config=str(path), scenarios=scenarios, out=str(out.resolve()) if out else None)
+    except DrillRefused as error:
+        raise _fail(f"drill refused: {error}")
+    except Exception as error:  # the flow run failed: its logs are in the Prefect UI
+        typer.echo(f"error: drill failed: {type(error).__name__}: {error}", err=True)
+        raise typer.Exit(1)
+    lines = [f"drill #{result['drill_id']} of {result['bot']} ({result['status']}, {result['duration_seconds']:.0f} s): "
+             f"alert coverage {_pct(result['alert_coverage'])}, detection accuracy {_pct(result['detection_accuracy'])}, "
+             f"cause accuracy {_pct(result['cause_accuracy'])}, investigation median "
+             f"{'n/a' if result['investigation_median_seconds'] is None else format(result['investigation_median_seconds'], '.1f') + ' s'}"]
+    lines += [f"  {row['scenario']:<22} {row['verdict']}" for row in result["scenarios"]]
+    lines += [f"  problem: {problem}" for problem in result["problems"]]
+    lines.append(f"  PDF: {result['pdf']}")
+    _emit(result, as_json, "\n".join(lines))
+    failed = result["status"] != "finished" or any(
+        row["covered"] and row["verdict"] != "passed" for row in result["scenarios"])
+    raise typer.Exit(1 if failed else 0)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.0f} %"
+
+
 @app.command("list")
 def list_alerts(as_json: bool = JsonOption) -> None:
     """The alert catalogue: every runbook alert, its severity, target and flow."""

@@ -93,6 +93,8 @@ class Incident(Base):
     # Unresolved incidents carry their (alert, bot) here; resolved ones NULL, so the unique index
     # below allows one unresolved incident per pair on every database (NULLs never collide).
     open_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    # Set on incidents a drill caused (the drill's id): they never count in the production KPIs.
+    drill_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
 
     actions: Mapped[list["Action"]] = relationship(back_populates="incident", order_by="Action.id")
     notifications: Mapped[list["Notification"]] = relationship(
@@ -116,7 +118,32 @@ class Incident(Base):
             "escalation_level": self.escalation_level,
             "flow_run_id": self.flow_run_id,
             "event_id": self.event_id,
+            "drill_id": self.drill_id,
         }
+
+
+class Drill(Base):
+    """One drill (flows/drill.py): while `active_until` is ahead, incidents opened on its bot are its own."""
+
+    __tablename__ = "drills"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bot: Mapped[str] = mapped_column(String(128), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # A lease, renewed per scenario: a drill that died stops claiming incidents when it runs out.
+    active_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    scenarios: Mapped[str] = mapped_column(Text, default="[]")
+    # The drill's figures (reports/drill.py DrillReport.to_dict) once finished, as JSON.
+    result: Mapped[str | None] = mapped_column(Text, nullable=True)
+    report_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "bot": self.bot, "started_at": _iso(self.started_at),
+                "finished_at": _iso(self.finished_at), "status": self.status,
+                "scenarios": json.loads(self.scenarios or "[]"),
+                "result": json.loads(self.result) if self.result else None, "report_path": self.report_path}
 
 
 class Action(Base):
@@ -262,11 +289,12 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest revision of runbook/migrations. A journal already there opens without importing Alembic (a
 # process that only records an incident pays nothing for migrations); a new migration bumps it
 # (tests/test_journal_migrations.py checks it is the head).
-SCHEMA_REVISION = "0003"
+SCHEMA_REVISION = "0004"
 MIGRATION_LOCK_SECONDS = 60.0
 # A journal made before Alembic has no alembic_version: the newest of these revisions whose tables and
 # columns it all has is the one it is at (both were made by create_all of the model of their time).
 _BEFORE_ALEMBIC = (
+    ("0004", {"incidents": {"drill_id"}, "drills": set(), "deliveries": set()}),
     ("0003", {"incidents": {"triggered_at"}, "balance_highs": set(), "deliveries": set()}),
     ("0002", {"incidents": {"triggered_at"}, "balance_highs": set()}),
     ("0001", {"incidents": {"open_key"}, "actions": set(), "notifications": set()}),
@@ -401,13 +429,14 @@ class Journal:
         """
         now = fired_at or utcnow()
         key = _open_key(alert, bot)
+        drill = self.active_drill(bot)
         for _ in range(3):  # the open one may be resolved between our insert and our update: try again
             try:
                 with self._session() as session:
                     incident = Incident(
                         alert=alert, bot=bot, severity=severity, status=OPEN, summary=summary, fired_at=now,
                         last_fired_at=now, flow_run_id=flow_run_id, event_id=event_id, repeat_count=0,
-                        open_key=key,
+                        open_key=key, drill_id=drill.id if drill is not None else None,
                     )
                     session.add(incident)
                 return incident, True
@@ -574,16 +603,16 @@ class Journal:
         with self._session() as session:
             return list(session.scalars(query))
 
-    def count_actions(self, bot: str, step: str, within: timedelta) -> int:
-        """How many times `step` really ran (not dry-run, succeeded) on this bot lately: the storm guard."""
+    def count_actions(self, bot: str, step: str, within: timedelta, *, drills: bool = True) -> int:
+        """How many times `step` really ran (not dry-run, succeeded) on this bot lately: the storm guard.
+        With `drills=False`, steps taken in drill incidents do not count (a drill's restarts are no storm)."""
         since = utcnow() - within
+        query = select(func.count(Action.id)).where(
+            Action.bot == bot, Action.step == step, Action.at >= since, Action.ok.is_(True), Action.dry_run.is_(False))
+        if not drills:
+            query = query.join(Incident).where(Incident.drill_id.is_(None))
         with self._session() as session:
-            return session.scalar(
-                select(func.count(Action.id)).where(
-                    Action.bot == bot, Action.step == step, Action.at >= since,
-                    Action.ok.is_(True), Action.dry_run.is_(False),
-                )
-            ) or 0
+            return session.scalar(query) or 0
 
     def deliberate_stop(self, bot: str) -> Incident | None:
         """An unresolved incident in which a remediation stopped this bot on purpose (e.g. daily loss).
@@ -621,6 +650,7 @@ class Journal:
     def kpi_columns(self, start: datetime, end: datetime, bot: str | None = None) -> dict[str, list[Any]]:
         """The KPI_COLUMNS of every incident the KPIs of [start, end) need, column by column: those fired
         in it, and those fired before it that were still unresolved at `start` (they count as downtime).
+        Drill incidents are left out: they are the drill's figures, not production's.
 
         Times come as the database hands them over (naive UTC: text on SQLite, datetimes elsewhere), unconverted:
         100 000 incidents are parsed at once by pandas (reports/weekly.py), not one by one here."""
@@ -628,7 +658,7 @@ class Journal:
         raw = {"fired_at", "response_started_at", "resolved_at"}
         query = (select(*(type_coerce(table.c[name], String).label(name) if name in raw else table.c[name]
                           for name in KPI_COLUMNS))
-                 .where(table.c.fired_at < end,
+                 .where(table.c.fired_at < end, table.c.drill_id.is_(None),
                         or_(table.c.fired_at >= start, table.c.resolved_at.is_(None), table.c.resolved_at > start))
                  .order_by(table.c.fired_at, table.c.id))
         if bot:
@@ -659,3 +689,73 @@ class Journal:
         with self._session() as session:
             highs = list(session.scalars(select(BalanceHigh).where(BalanceHigh.bot == bot)))
         return max(highs, key=lambda high: (high.amount, high.id), default=None)
+
+    # -- drills ---------------------------------------------------------------------------------
+
+    def start_drill(self, bot: str, scenarios: list[str], lease: timedelta) -> Drill:
+        now = utcnow()
+        with self._session() as session:
+            drill = Drill(bot=bot, started_at=now, active_until=now + lease, status="running",
+                          scenarios=json.dumps(scenarios))
+            session.add(drill)
+        return drill
+
+    def renew_drill(self, drill_id: int, lease: timedelta) -> None:
+        with self._session() as session:
+            drill = session.get(Drill, drill_id)
+            if drill is None:
+                raise JournalError(f"no drill #{drill_id}")
+            drill.active_until = utcnow() + lease
+
+    def finish_drill(self, drill_id: int, status: str, result: dict[str, Any] | None,
+                     report_path: str | None = None) -> None:
+        with self._session() as session:
+            drill = session.get(Drill, drill_id)
+            if drill is None:
+                raise JournalError(f"no drill #{drill_id}")
+            drill.status, drill.finished_at, drill.active_until = status, utcnow(), None
+            drill.result = json.dumps(result, default=str) if result is not None else None
+            drill.report_path = report_path
+
+    def active_drill(self, bot: str) -> Drill | None:
+        """The drill acting on this bot now (its lease not run out), if any."""
+        query = (select(Drill).where(Drill.bot == bot, Drill.active_until.is_not(None), Drill.active_until > utcnow())
+                 .order_by(Drill.id.desc()))
+        with self._session() as session:
+            return session.scalars(query).first()
+
+    def claim_for_drill(self, drill_id: int, bot: str, since: datetime) -> list[int]:
+        """Mark as the drill's every incident fired on the bot since `since` (one another path opened while
+        the drill injected a fault); returns their ids."""
+        with self._session() as session:
+            ids = list(session.scalars(select(Incident.id).where(Incident.bot == bot, Incident.fired_at >= since)))
+            if ids:
+                session.execute(update(Incident).where(Incident.id.in_(ids)).values(drill_id=drill_id))
+        return ids
+
+    def latest_drill(self, bot: str | None = None, before: datetime | None = None) -> Drill | None:
+        """The most recent finished drill (of a bot), optionally started before a time."""
+        query = select(Drill).where(Drill.finished_at.is_not(None), Drill.result.is_not(None))
+        if bot:
+            query = query.where(Drill.bot == bot)
+        if before:
+            query = query.where(Drill.started_at < before)
+        with self._session() as session:
+            return session.scalars(query.order_by(Drill.started_at.desc(), Drill.id.desc())).first()
+
+    def drill_summary(self, start: datetime, end: datetime, bot: str | None = None) -> dict[str, Any]:
+        """What the weekly report shows of drills: the latest finished before `end` (its figures and start)
+        and how many drill incidents fired in [start, end)."""
+        latest = self.latest_drill(bot, before=end)
+        return {"result": json.loads(latest.result) if latest is not None and latest.result else None,
+                "started_at": latest.started_at if latest is not None else None,
+                "incidents": len(self.drill_incidents(start, end, bot))}
+
+    def drill_incidents(self, start: datetime, end: datetime, bot: str | None = None) -> list[Incident]:
+        """Incidents drills caused in [start, end) on fired_at: the weekly report's drill section."""
+        query = select(Incident).where(Incident.drill_id.is_not(None), Incident.fired_at >= start,
+                                       Incident.fired_at < end).order_by(Incident.fired_at)
+        if bot:
+            query = query.where(Incident.bot == bot)
+        with self._session() as session:
+            return list(session.scalars(query))

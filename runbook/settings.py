@@ -272,6 +272,29 @@ class HyperliquidAccount(Section):
         return value.lower()
 
 
+class DrillTarget(Section):
+    """How a drill injects each scenario into this bot and clears it again: commands, run without a shell."""
+
+    # scenario key (runbook/drills.py) -> argv, e.g. crash = ["systemctl", "kill", "-s", "KILL", "bot.service"]
+    inject: dict[str, list[str]] = {}
+    # Undoes every injected fault (run after each scenario); none: the faults are one-off.
+    clear: list[str] = []
+    command_timeout_seconds: float = Field(30.0, gt=0)
+
+    @field_validator("inject")
+    @classmethod
+    def _known(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from runbook.drills import SCENARIOS
+
+        unknown = sorted(set(value) - set(SCENARIOS))
+        if unknown:
+            raise ValueError(f"unknown drill scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+        empty = sorted(key for key, argv in value.items() if not argv)
+        if empty:
+            raise ValueError(f"empty command for {empty}")
+        return value
+
+
 class BotSettings(Section):
     """How to find, start, probe and read one monitored bot (see docs/bot-contract.md)."""
 
@@ -310,6 +333,9 @@ class BotSettings(Section):
     # Recovery is verified by metrics changing as well as health; turn off for a bot without metrics.
     verify_metrics: bool = True
     hyperliquid: HyperliquidAccount = HyperliquidAccount()
+    # `runbook drill` injects faults only into a bot that allows it, and only with its `drill` commands.
+    drill_allowed: bool = False
+    drill: DrillTarget = DrillTarget()
 
     @model_validator(mode="after")
     def _startable(self) -> "BotSettings":
@@ -528,6 +554,8 @@ class WatchSettings(Section):
         "insufficient-balance": r"insufficient balance",
     }
     escalate: bool = True
+    # Alerts the watcher never fires (catalogue keys): a condition someone turned off.
+    disabled: list[str] = []
     # How often `runbook serve` asks the server for triggered runs (Prefect's default is 10 s,
     # which would add up to 10 s to every remediation's start).
     runner_poll_seconds: float = Field(1.0, gt=0)
@@ -541,6 +569,34 @@ class WatchSettings(Section):
             except ValueError as error:
                 raise ValueError(f"{key}: {error}") from None
         return value
+
+
+    @field_validator("disabled")
+    @classmethod
+    def _alerts(cls, value: list[str]) -> list[str]:
+        from runbook.alerts import CATALOGUE
+
+        unknown = sorted(set(value) - set(CATALOGUE))
+        if unknown:
+            raise ValueError(f"unknown alert(s) {unknown}; known: {', '.join(CATALOGUE)}")
+        return value
+
+
+class DrillSettings(Section):
+    """Drills (`runbook drill`, the `drill` deployment): which bot, which scenarios, how long to wait."""
+
+    # The deployment's schedule (cron, in reports.timezone); off until schedule_active = true.
+    cron: str = "0 6 1 * *"
+    schedule_active: bool = False
+    bot: str | None = None
+    scenarios: str = "all"
+    # Per scenario: the alert must fire within this long of the injection (plus watch.websocket_down_seconds
+    # for websocket scenarios), and its flow must conclude within conclude_timeout_seconds of the injection.
+    detect_timeout_seconds: float = Field(120.0, gt=0)
+    conclude_timeout_seconds: float = Field(900.0, gt=0)
+    # Between scenarios: the bot must be healthy again (faults cleared) within this long.
+    healthy_timeout_seconds: float = Field(120.0, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)
 
 
 class IntakeSettings(Section):
@@ -743,6 +799,7 @@ class Settings(BaseSettings):
     reports: ReportSettings = ReportSettings()
     backup: BackupSettings = BackupSettings()
     emergency: EmergencySettings = EmergencySettings()
+    drill: DrillSettings = DrillSettings()
 
     @field_validator("bots")
     @classmethod

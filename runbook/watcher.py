@@ -234,6 +234,8 @@ class Watcher:
         for state in self.bots:
             seen = self.observe(state)
             for key, summary in self.evaluate(state, seen, time.monotonic()):
+                if key in self.settings.watch.disabled:  # turned off in config: seen, never fired
+                    continue
                 firing = self._fire(key, state.name, summary)
                 if firing is not None:
                     fired.append(firing)

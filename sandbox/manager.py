@@ -51,6 +51,9 @@ MARKERS = {"exchange": "exchange", "slack": "slack", "bot": "bot", "people": "sm
 ALERT_CHANNEL = "#trading-alerts"
 STATUS_CHANNEL = "#trading-status"
 STARTING_BALANCE = "10000"
+# The faults a drill injects (runbook/drills.py scenarios): the ones that are a runbook failure.
+DRILL_FAULTS = ("crash", "hang", "websocket", "stop-loss", "daily-loss", "auth", "low-balance", "latency", "memory",
+                "exchange-unreachable")
 PREFECT_PORT = 4200  # the Prefect server's default port: never hand it to a sandbox process
 STOP_GRACE_SECONDS = 5.0
 READY_TIMEOUT_SECONDS = 30.0
@@ -452,6 +455,16 @@ def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_tok
         f"metrics_url = {q(urls['metrics'])}",
         'key_files = ["config/agent_key.json"]',
         "",
+        "drill_allowed = true",
+        "",
+        "[bots.sandbox.drill]",
+        "# `runbook drill` injects each scenario with `runbook sandbox fault KIND` and clears it after.",
+        f"clear = {q(_fault_command(directory, 'clear'))}",
+        "command_timeout_seconds = 120  # each command starts a Python process: slow on a loaded host",
+        "",
+        "[bots.sandbox.drill.inject]",
+        *(f"{json.dumps(key)} = {q(_fault_command(directory, key))}" for key in DRILL_FAULTS),
+        "",
         "[bots.sandbox.hyperliquid]",
         f"api_url = {q(urls['exchange'])}",
         f"account_address = {q(state['account_address'])}",
@@ -482,6 +495,10 @@ def _oncall_toml(state: dict[str, Any]) -> list[str]:
             "",
         ]
     return lines
+
+
+def _fault_command(directory: Path, kind: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("runbook")), "sandbox", "fault", kind, "--dir", str(directory)]
 
 
 def _toml(value: str | list[str]) -> str:

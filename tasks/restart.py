@@ -24,7 +24,9 @@ from tasks.process import BotProcess, ProcessError, locate_bot, start_bot, stop_
 def restart_storm(run: IncidentRun) -> int | None:
     """Restarts in the storm window if they reached the limit, else None."""
     recovery = run.settings.recovery
-    recent = run.journal.count_actions(run.bot_name, "restart", timedelta(seconds=recovery.restart_storm_window_seconds))
+    # A drill's restarts are deliberate, not a storm (runbook/journal.py, drills).
+    recent = run.journal.count_actions(run.bot_name, "restart", timedelta(seconds=recovery.restart_storm_window_seconds),
+                                       drills=False)
     return recent if recent >= recovery.restart_storm_max else None
 
 

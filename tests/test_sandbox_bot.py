@@ -211,10 +211,10 @@ def test_down_leaves_no_process(tmp_path: Path) -> None:
     assert manager.up(directory).already_running
     try:
         pids = list(info.pids.values())
-        assert len(pids) == 3 and all(psutil.pid_exists(pid) for pid in pids)
+        assert len(pids) == 4 and all(psutil.pid_exists(pid) for pid in pids)
     finally:
         lines = manager.down(directory)
-    assert len(lines) == 3 and all("stopped" in line for line in lines)
+    assert len(lines) == 4 and all("stopped" in line for line in lines)
     for pid in pids:
         assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert not any(component["alive"] for component in manager.status(directory)["components"].values())

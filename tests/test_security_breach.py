@@ -168,7 +168,8 @@ def test_forensics_stop_and_evidence_then_rejected_zeroize_keeps_the_key(shared:
         assert section in report or section.lower() in report.lower(), section
     stakeholder = [m for m in slack_messages(shared) if m.get("method") == "chat.postMessage"
                    and "Subject: Trading System Status Update" in (m.get("text") or "")]
-    assert len(stakeholder) == 1 and "Suspected security breach" in stakeholder[0]["text"]
+    # the flow's own update, beside the on-call routing's template at open and at the end of the run
+    assert any("Suspected security breach" in m["text"] for m in stakeholder)
 
 
 def test_zeroize_after_approval_and_the_key_is_nowhere(shared: Path) -> None:

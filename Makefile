@@ -21,11 +21,11 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/python -m runbook.demo
+	$(VENV)/bin/python -m app.demo
 
 # The README's picture of a triggered run, taken again in headless Chromium (apt-get install chromium).
 screenshot: install
-	DEMO_HOLD=0 DEMO_SCREENSHOT=docs/img/triggered-run.png $(VENV)/bin/python -m runbook.demo
+	DEMO_HOLD=0 DEMO_SCREENSHOT=docs/img/triggered-run.png $(VENV)/bin/python -m app.demo
 
 # Three workers: the integration tests mostly wait on real processes, so they overlap well even on two
 # cores; --dist loadfile keeps each module's shared sandbox inside one worker.

@@ -71,7 +71,7 @@ class Stack:
         self._cleanups: list[tuple[str, Callable[[], None]]] = []
 
     def start(self, startup_seconds: float = 1.5, sandbox: bool = True, database_url: str | None = None) -> "Stack":
-        from runbook.localserver import start_server
+        from app.localserver import start_server
 
         home = self.root / "prefect"
         self.say(f"starting a local Prefect server in {home} (5-15 s)")

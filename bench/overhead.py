@@ -207,7 +207,7 @@ NOTES = (
 
 def measure(database: str, args: argparse.Namespace, say: Progress) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """Start a server on `database`, run the child against it, check what the server recorded."""
-    from runbook.localpostgres import start_postgres
+    from app.localpostgres import start_postgres
 
     postgres = None
     stack = Stack(say, keep=args.keep)

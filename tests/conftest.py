@@ -20,7 +20,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
 os.environ.pop("RUNBOOK_CONFIG", None)
 
-from runbook.localserver import LocalServer, free_port, server_env, start_server  # noqa: E402
+from app.localserver import LocalServer, free_port, server_env, start_server  # noqa: E402
 
 # The session server's address is fixed now, before Prefect reads its settings, so that every thread
 # (a flow run in a worker thread does not see a settings context) and every subprocess agrees on it.

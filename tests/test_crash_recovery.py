@@ -211,7 +211,7 @@ def test_approval_policy_waits_for_a_person(sandbox: Path, monkeypatch: pytest.M
 
 def test_a_bot_stopped_on_purpose_stays_down_until_a_person_releases_it(sandbox: Path) -> None:
     from flows import FLOWS
-    from runbook.watcher import Watcher
+    from app.watcher import Watcher
 
     journal = journal_of(sandbox)
     loss, _ = journal.open_incident("daily-loss-limit", "sandbox", "CRITICAL", "limit reached")

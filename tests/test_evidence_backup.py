@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from runbook.cli import app
+from app.cli import app
 
 from tasks.evidence import (
     MANIFEST_NAME, BackupError, apply_retention, create_backup, list_archives, read_manifest, verify_archive,

@@ -24,9 +24,9 @@ import pytest
 
 from runbook import journal as j
 from runbook.journal import Journal
-from runbook.localserver import free_port, server_env, start_server
+from app.localserver import free_port, server_env, start_server
 from runbook.settings import load_settings
-from runbook.watcher import Watcher
+from app.watcher import Watcher
 from sandbox import manager
 from tasks.process import locate_bot
 from conftest import running_sandbox

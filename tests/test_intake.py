@@ -19,7 +19,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from runbook.alerts import CATALOGUE
-from runbook.intake import DISABLED_MESSAGE, IntakeDisabled, IntakeServer, create_app, intake_token
+from app.intake import DISABLED_MESSAGE, IntakeDisabled, IntakeServer, create_app, intake_token
 from runbook.journal import OPEN, Journal
 from runbook.settings import Settings, load_settings
 

@@ -153,7 +153,7 @@ def test_serve_registers_the_report_schedules_and_the_alert_triggers_the_flow(sa
 
 def test_a_balance_below_the_recorded_high_is_a_false_positive(sandbox_dir: Path) -> None:
     from flows.new_balance_high import new_balance_high
-    from runbook.watcher import Watcher
+    from app.watcher import Watcher
 
     journal = journal_of(sandbox_dir)
     journal.record_balance_high("sandbox", Decimal("1000000000"), source="test")

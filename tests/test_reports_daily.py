@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from reports.daily import build_daily_report, day_bounds, exposure_of, write_daily
 from reports.trades import compute_metrics, fills_frame
-from runbook.cli import app
+from app.cli import app
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))
 DAY = date(2026, 3, 10)

@@ -16,7 +16,7 @@ from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from reports.weekly import IncidentsError, analyze, fmt_duration, incidents_frame, read_incident_file, write_weekly
-from runbook.cli import app
+from app.cli import app
 from runbook.journal import Journal
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))

@@ -28,8 +28,8 @@ import pytest
 
 from runbook import journal as j
 from runbook.journal import Journal
-from runbook.localpostgres import LocalPostgres, PostgresError, start_postgres
-from runbook.localserver import LocalServer, start_server
+from app.localpostgres import LocalPostgres, PostgresError, start_postgres
+from app.localserver import LocalServer, start_server
 from runbook.settings import load_settings
 from sandbox import manager
 from conftest import running_sandbox

@@ -26,7 +26,7 @@ from tasks.process import ProcessError, locate_bot, stop_process
 from conftest import running_sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("runbook", "flows", "tasks", "reports", "deployments", "sandbox", "bench")
+PACKAGES = ("app", "runbook", "flows", "tasks", "reports", "deployments", "sandbox", "bench")
 
 
 def source_files() -> list[Path]:

@@ -21,7 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from runbook import journal as j
-from runbook.cli import app
+from app.cli import app
 from runbook.journal import Journal
 from runbook.settings import load_settings
 from tasks.evidence import read_manifest

@@ -23,7 +23,7 @@ from hyperliquid.exchange import Exchange
 from typer.testing import CliRunner
 
 from runbook import journal as j
-from runbook.cli import app
+from app.cli import app
 from runbook.journal import Journal
 from runbook.settings import load_settings
 from sandbox import manager

@@ -17,7 +17,7 @@ from runbook import journal as j
 from runbook.firing import Firing
 from runbook.journal import Journal, utcnow
 from runbook.settings import load_settings
-from runbook.watcher import LogCursor, Watcher
+from app.watcher import LogCursor, Watcher
 from sandbox import manager
 
 AUTOMATED = {"crash-recovery"}

@@ -15,7 +15,7 @@ from prefect import serve
 from deployments import build_deployments
 from runbook.journal import Journal
 from runbook.settings import load_settings
-from runbook.watcher import Watcher
+from app.watcher import Watcher
 
 log = logging.getLogger("runbook.serve")
 
@@ -35,7 +35,7 @@ def serve_all(config: Path, *, watch: bool = True, intake: bool = True) -> None:
         watcher = Watcher(settings, Journal(settings.journal_url), automated)
         threads.append(threading.Thread(target=watcher.run, args=(stop,), name="runbook-watcher", daemon=True))
     if intake:
-        from runbook.intake import IntakeServer
+        from app.intake import IntakeServer
 
         intake_server = IntakeServer(settings, automated)
         url = intake_server.start()

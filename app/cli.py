@@ -123,7 +123,7 @@ def serve(
         load_settings(path)
     except ConfigError as error:
         raise _fail(str(error))
-    from runbook.serve import serve_all
+    from app.serve import serve_all
 
     try:
         serve_all(path, watch=watch, intake=intake)
@@ -148,7 +148,7 @@ def deploy(
         load_settings(path)
     except ConfigError as error:
         raise _fail(str(error))
-    from runbook.deploy import DeployError, deploy_to_pool
+    from app.deploy import DeployError, deploy_to_pool
 
     try:
         registered = deploy_to_pool(path, pool, queue=queue, suffix=suffix, only=only or None)
@@ -175,7 +175,7 @@ def watch(
 
     from flows import FLOWS
     from runbook.journal import Journal
-    from runbook.watcher import Watcher
+    from app.watcher import Watcher
 
     try:
         settings = load_settings(config)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from runbook.localserver import LocalServer, start_server
+from app.localserver import LocalServer, start_server
 
 DEMO = Path(".demo").resolve()
 BIN = Path(sys.executable).parent
@@ -83,7 +83,7 @@ def main() -> int:
         if done.flow_run_id:
             print(f"the triggered run: {server.ui_url}/runs/flow-run/{done.flow_run_id}")
             if os.environ.get("DEMO_SCREENSHOT"):
-                from runbook.screenshot import capture
+                from app.screenshot import capture
 
                 shot = capture(f"{server.ui_url}/runs/flow-run/{done.flow_run_id}", Path(os.environ["DEMO_SCREENSHOT"]))
                 print(f"screenshot of the triggered run: {shot}")

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runbook.localserver import free_port
+from app.localserver import free_port
 
 
 class PostgresError(Exception):

@@ -41,10 +41,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from runbook.alerts import CATALOGUE
-from runbook.firing import fire_alert
 from runbook.journal import Journal, JournalError
 from runbook.redact import redact
 from runbook.settings import Settings
+from tasks.firing import fire_alert
 
 log = logging.getLogger("runbook.intake")
 

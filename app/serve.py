@@ -12,10 +12,10 @@ from pathlib import Path
 
 from prefect import serve
 
+from app.watcher import Watcher
 from deployments import build_deployments
 from runbook.journal import Journal
 from runbook.settings import load_settings
-from app.watcher import Watcher
 
 log = logging.getLogger("runbook.serve")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import psutil
 
 from runbook.alerts import CATALOGUE, ESCALATION_LEVELS, get_alert
-from runbook.firing import Firing, fire_alert
 from runbook.journal import Journal, utcnow
 from runbook.settings import BotSettings, Settings
+from tasks.firing import Firing, fire_alert
 from tasks.logs import parse_line
 from tasks.notify import AlertNotice, post_notice
 from tasks.probes import HealthReport, MetricsSnapshot, dig, number, probe_health_once, read_metrics_once

@@ -9,8 +9,8 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron, Schedule
 
 from runbook.alerts import get_alert
-from runbook.firing import EVENT_FIRED
 from runbook.settings import Settings, load_settings
+from tasks.firing import EVENT_FIRED
 
 
 def alert_trigger(alert_key: str) -> DeploymentEventTrigger:

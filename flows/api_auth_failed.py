@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table
 from tasks.futures import settle
 from tasks.hyperliquid import Agent, get_extra_agents, get_user_role
+from tasks.incident import IncidentRun, Outcome
 from tasks.keys import KeyCheck, NoopResult, inspect_key, signed_noop
 from tasks.logs import RecentMatches, recent_matches
 from tasks.network import NetworkReport, check_network

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table
 from tasks.futures import settle
 from tasks.hyperliquid import RateLimit, probe_rate_limit
+from tasks.incident import IncidentRun, Outcome
 from tasks.logs import RecentMatches, recent_matches
 from tasks.network import NetworkReport, check_network
 from tasks.probes import LatencyDistribution, read_latency

@@ -16,9 +16,9 @@ from datetime import timedelta
 from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
 from runbook.settings import BotSettings
+from tasks.incident import IncidentRun, Outcome
 from tasks.logs import scan_log, tail_log
 from tasks.probes import HealthReport, check_health
 from tasks.process import BotProcess, check_process

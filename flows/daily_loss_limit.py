@@ -24,7 +24,6 @@ from prefect import flow, task
 
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
 from runbook.markdown import table, usd
 from runbook.policy import authorize
@@ -33,9 +32,10 @@ from tasks import NO_CACHE_POLICY
 from tasks.botconfig import (
     BotConfig, BotConfigError, ConfigChange, apply_config_change, propose_change, read_bot_config,
 )
-from tasks.hyperliquid import AccountState, get_account_state, get_fills
-from tasks.logs import PatternScan, scan_log
 from tasks.futures import settle
+from tasks.hyperliquid import AccountState, get_account_state, get_fills
+from tasks.incident import IncidentRun, Outcome
+from tasks.logs import PatternScan, scan_log
 from tasks.probes import HealthReport, breaker_state, check_health, dig, health_field, number
 from tasks.process import BotProcess, ProcessError, check_process, stop_process
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from tasks.evidence import BackupError, backup_evidence, backup_folder
+from tasks.incident import IncidentRun, Outcome
 
 ALERT = "emergency-backup"
 

@@ -26,12 +26,12 @@ from prefect import flow, task
 
 from reports.trades import TradeMetrics, compute_metrics
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table, usd
 from tasks import NO_CACHE_POLICY
 from tasks.botconfig import BotConfig, read_bot_config
-from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.futures import settle
+from tasks.hyperliquid import AccountState, get_account_state, get_fills
+from tasks.incident import IncidentRun, Outcome
 from tasks.probes import HealthReport, breaker_state, check_health, dig, health_field, number
 
 ALERT = "insufficient-balance"

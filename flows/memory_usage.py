@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
 from runbook.markdown import table
 from tasks.futures import settle
+from tasks.incident import IncidentRun, Outcome
 from tasks.process import BotProcess, check_process, locate_bot
 from tasks.restart import guarded_restart
 from tasks.system import MemoryState, ProcessMemory, RssTrend, check_memory, sample_rss, top_processes

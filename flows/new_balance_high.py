@@ -26,11 +26,11 @@ from prefect import flow
 
 from reports.trades import TradeMetrics, compute_metrics
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table, usd
 from tasks.botconfig import RISK_SECTIONS, BotConfig, backup_bot_config, read_bot_config
 from tasks.futures import settle
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
+from tasks.incident import IncidentRun, Outcome
 from tasks.probes import HealthReport, check_health, dig, number
 
 ALERT = "new-balance-high"

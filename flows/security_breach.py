@@ -24,7 +24,6 @@ from pathlib import Path
 from prefect import flow
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table
 from runbook.policy import authorize
 from runbook.redact import REDACTED
@@ -33,6 +32,7 @@ from tasks.evidence import BackupError, BackupResult, backup_evidence
 from tasks.exchange import KeyUnavailable, load_signing_key
 from tasks.forensics import ForensicSnapshot, forensic_snapshot
 from tasks.futures import settle
+from tasks.incident import IncidentRun, Outcome
 from tasks.notify import StakeholderUpdate, notify_stakeholders
 from tasks.process import ProcessError, locate_bot, stop_process
 from tasks.zeroize import ZeroizeRecord, key_targets, zeroize_keys

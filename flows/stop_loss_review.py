@@ -31,7 +31,6 @@ from prefect import flow, task
 
 from reports.trades import closed_trades
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table
 from runbook.settings import BotSettings, HyperliquidAccount
 from tasks import NO_CACHE_POLICY
@@ -50,6 +49,7 @@ from tasks.hyperliquid import (
     get_fills,
     get_open_orders,
 )
+from tasks.incident import IncidentRun, Outcome
 from tasks.logs import parse_line, scan_log
 from tasks.probes import HealthReport, check_health, dig
 

@@ -34,7 +34,6 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table, usd
 from runbook.policy import authorize
 from runbook.settings import Policy
@@ -42,6 +41,7 @@ from tasks.evidence import BackupResult, backup_evidence
 from tasks.exchange import CancelReport, cancel_open_orders, close_position_task
 from tasks.futures import settle
 from tasks.hyperliquid import AccountState, Position, get_account_state
+from tasks.incident import IncidentRun, Outcome
 from tasks.notify import StakeholderUpdate, notify_stakeholders
 from tasks.process import BotProcess, check_process, locate_bot, stop_process
 

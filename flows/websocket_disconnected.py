@@ -22,12 +22,12 @@ from datetime import UTC, datetime, timedelta
 from prefect import flow, task
 
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
 from runbook.markdown import table
 from runbook.settings import BotSettings
 from tasks import NO_CACHE_POLICY
 from tasks.futures import settle
+from tasks.incident import IncidentRun, Outcome
 from tasks.logs import ReconnectHistory, RecentMatches, reconnect_history, recent_matches
 from tasks.network import NetworkReport, check_network
 from tasks.probes import HealthReport, check_health, probe_health_once

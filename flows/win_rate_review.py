@@ -32,9 +32,9 @@ from prefect import flow
 from flows.stop_loss_review import BotConfigRead, read_bot_config
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
-from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
+from tasks.incident import IncidentRun, Outcome
 from tasks.logs import scan_log
 from tasks.probes import check_health, dig
 

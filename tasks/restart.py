@@ -13,10 +13,10 @@ from datetime import timedelta
 
 from prefect import task
 
-from runbook.incident import IncidentRun, Outcome
 from runbook.policy import authorize
 from runbook.settings import BotSettings
 from tasks import NO_CACHE_POLICY
+from tasks.incident import IncidentRun, Outcome
 from tasks.probes import probe_health_once, read_metrics_once
 from tasks.process import BotProcess, ProcessError, locate_bot, start_bot, stop_process
 

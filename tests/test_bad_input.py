@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
+from app.watcher import LogCursor
 from runbook import journal as j
 from runbook.journal import Journal
 from runbook.settings import BotSettings, load_settings
-from app.watcher import LogCursor
 from sandbox import manager
 from tasks.logs import MAX_LINE_CHARS, scan_log, tail_log
 from tasks.probes import probe_health_once, read_metrics_once

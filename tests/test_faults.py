@@ -22,11 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.localserver import free_port, server_env, start_server
+from app.watcher import Watcher
 from runbook import journal as j
 from runbook.journal import Journal
-from app.localserver import free_port, server_env, start_server
 from runbook.settings import load_settings
-from app.watcher import Watcher
 from sandbox import manager
 from tasks.process import locate_bot
 from conftest import running_sandbox

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from runbook.alerts import CATALOGUE
 from app.intake import DISABLED_MESSAGE, IntakeDisabled, IntakeServer, create_app, intake_token
+from runbook.alerts import CATALOGUE
 from runbook.journal import OPEN, Journal
 from runbook.settings import Settings, load_settings
 

@@ -104,7 +104,7 @@ def test_first_high_is_recorded_backed_up_and_celebrated(sandbox_dir: Path) -> N
 def test_serve_registers_the_report_schedules_and_the_alert_triggers_the_flow(sandbox_dir: Path) -> None:
     from prefect.client.orchestration import get_client
 
-    from runbook.firing import fire_alert
+    from tasks.firing import fire_alert
 
     env = {**os.environ, "RUNBOOK_REPORTS__DAILY_TIME": "06:30", "RUNBOOK_REPORTS__TIMEZONE": "Europe/Zurich",
            "RUNBOOK_REPORTS__WEEKLY_DAY": "fri", "RUNBOOK_REPORTS__WEEKLY_TIME": "17:45"}

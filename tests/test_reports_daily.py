@@ -21,9 +21,9 @@ import pytest
 from pypdf import PdfReader
 from typer.testing import CliRunner
 
+from app.cli import app
 from reports.daily import build_daily_report, day_bounds, exposure_of, write_daily
 from reports.trades import compute_metrics, fills_frame
-from app.cli import app
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))
 DAY = date(2026, 3, 10)

@@ -15,8 +15,8 @@ import pytest
 from pypdf import PdfReader
 from typer.testing import CliRunner
 
-from reports.weekly import IncidentsError, analyze, fmt_duration, incidents_frame, read_incident_file, write_weekly
 from app.cli import app
+from reports.weekly import IncidentsError, analyze, fmt_duration, incidents_frame, read_incident_file, write_weekly
 from runbook.journal import Journal
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))

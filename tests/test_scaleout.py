@@ -26,10 +26,10 @@ from typing import Any
 import httpx
 import pytest
 
-from runbook import journal as j
-from runbook.journal import Journal
 from app.localpostgres import LocalPostgres, PostgresError, start_postgres
 from app.localserver import LocalServer, start_server
+from runbook import journal as j
+from runbook.journal import Journal
 from runbook.settings import load_settings
 from sandbox import manager
 from conftest import running_sandbox

@@ -20,8 +20,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from runbook import journal as j
 from app.cli import app
+from runbook import journal as j
 from runbook.journal import Journal
 from runbook.settings import load_settings
 from tasks.evidence import read_manifest

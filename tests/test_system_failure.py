@@ -22,8 +22,8 @@ import pytest
 from hyperliquid.exchange import Exchange
 from typer.testing import CliRunner
 
-from runbook import journal as j
 from app.cli import app
+from runbook import journal as j
 from runbook.journal import Journal
 from runbook.settings import load_settings
 from sandbox import manager

@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.watcher import LogCursor, Watcher
 from runbook import journal as j
-from runbook.firing import Firing
 from runbook.journal import Journal, utcnow
 from runbook.settings import load_settings
-from app.watcher import LogCursor, Watcher
 from sandbox import manager
+from tasks.firing import Firing
 
 AUTOMATED = {"crash-recovery"}
 # Conditions that stay true while the fault lasts (the others are one-off log events).

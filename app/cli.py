@@ -340,7 +340,8 @@ def report_daily(
     as_json: bool = JsonOption,
 ) -> None:
     """The daily trading summary of one day as a PDF: from the exchange, or from a file of fills."""
-    from reports.daily import daily_from_exchange, daily_from_file, parse_day
+    from app.report_commands import daily_from_exchange, daily_from_file
+    from reports.daily import parse_day
 
     try:
         day = parse_day(date) if date else None
@@ -384,7 +385,8 @@ def report_weekly(
     """The weekly alert-pattern analysis (MTTR, false positives, uptime, MTBF, RTO...) as a PDF."""
     from datetime import timedelta
 
-    from reports.weekly import parse_end, weekly_command
+    from app.report_commands import weekly_command
+    from reports.weekly import parse_end
     from runbook.journal import JournalError
     from runbook.settings import parse_period
 

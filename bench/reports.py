@@ -179,7 +179,8 @@ def child(argv: list[str]) -> None:
     if kind in ("daily", "weekly-file", "weekly-journal"):
         import reports.pdf  # noqa: F401 - imports are the process's cost, not the work's (see "process")
     if kind == "daily":
-        from reports.daily import build_daily_report, write_daily
+        from reports.daily import build_daily_report
+        from reports.pdf import write_daily
         from reports.trades import fills_frame, read_fill_list
 
         from reports import paused_gc
@@ -194,7 +195,9 @@ def child(argv: list[str]) -> None:
         t3 = time.perf_counter()
         phases = {"read": t1 - t0, "build": t2 - t1, "render": t3 - t2, "trades": report.metrics.trades}
     elif kind in ("weekly-file", "weekly-journal"):
-        from reports.weekly import analyze, incidents_frame, read_incident_file, write_weekly
+        from flows import FLOWS
+        from reports.pdf import write_weekly
+        from reports.weekly import analyze, incidents_frame, read_incident_file
         from runbook.journal import Journal
 
         start = PERIOD_END - timedelta(days=7)
@@ -205,7 +208,7 @@ def child(argv: list[str]) -> None:
             frame, warnings = incidents_frame(Journal(f"sqlite:///{argv[1]}").kpi_columns(start, PERIOD_END),
                                               strict=False)
         t1 = time.perf_counter()
-        report = analyze(frame, start, PERIOD_END, now=PERIOD_END, warnings=warnings)
+        report = analyze(frame, start, PERIOD_END, now=PERIOD_END, automated=set(FLOWS), warnings=warnings)
         t2 = time.perf_counter()
         write_weekly(report, Path(argv[2]))
         t3 = time.perf_counter()

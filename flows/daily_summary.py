@@ -26,7 +26,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from reports import ReportOutcome
 from reports.daily import (
-    DailyReport, build_daily_report, day_bounds, fetch_window, parse_day, previous_day, start_balance_at, write_daily,
+    DailyReport, build_daily_report, day_bounds, fetch_window, parse_day, previous_day, start_balance_at,
 )
 from runbook.markdown import table
 from runbook.settings import BotSettings, Settings, load_settings
@@ -72,6 +72,8 @@ def summarise(fills: list[dict[str, Any]], day: date, history: list[tuple[dateti
 @task(name="render the daily summary PDF", cache_policy=NO_CACHE_POLICY)
 def render(report: DailyReport, folder: Path) -> str:
     """Runbook: "Generate Reports" — the PDF."""
+    from reports.pdf import write_daily  # reportlab: imported by the run that renders
+
     return str(write_daily(report, folder))
 
 

@@ -21,8 +21,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows import FLOWS
 from reports import ReportOutcome
-from reports.weekly import WeeklyReport, analyze, incidents_frame, parse_end, write_weekly
+from reports.weekly import WeeklyReport, analyze, incidents_frame, parse_end
 from runbook.journal import Journal
 from runbook.markdown import table
 from runbook.settings import load_settings, parse_period
@@ -53,12 +54,14 @@ def compute(columns: dict[str, list[Any]], start: datetime, end: datetime, flap_
     from datetime import timedelta
 
     frame, warnings = incidents_frame(columns, strict=False, where="journal incident")
-    return analyze(frame, start, end, flap_window=timedelta(minutes=flap_minutes), source="journal", bot=bot,
-                   warnings=warnings)
+    return analyze(frame, start, end, flap_window=timedelta(minutes=flap_minutes), automated=set(FLOWS),
+                   source="journal", bot=bot, warnings=warnings)
 
 
 @task(name="render the weekly analysis PDF", cache_policy=NO_CACHE_POLICY)
 def render(report: WeeklyReport, folder: Path) -> str:
+    from reports.pdf import write_weekly  # reportlab: imported by the run that renders
+
     return str(write_weekly(report, folder))
 
 

@@ -4,7 +4,8 @@ trailing 7 and 30 days, with risk metrics and recommendations drawn from the num
 Everything is computed by reports/trades.py (fills -> closed trades -> metrics; the definitions are in its
 docstring and in docs/kpis.md); this module chooses the windows, adds what a daily summary needs on top
 (exposure, largest position, the comparisons, recommendations) and hands a `DailyReport` to
-reports/pdf.py. Nothing here touches the network: the flow and the CLI fetch, this computes.
+reports/pdf.py. Nothing here touches the network or renders: the flow and the CLI fetch, this computes,
+and they have reports/pdf.py render it.
 
 Windows (calendar days in the report's time zone, UTC by default; D is the reported day):
 
@@ -20,20 +21,17 @@ D 00:00, so every window's drawdown and returns are on the same curve.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
 
-from reports import paused_gc
-from reports.trades import FillsError, TradeMetrics, closed_trades, compute_metrics, fills_frame, read_fill_list
+from reports.trades import FillsError, TradeMetrics, closed_trades, compute_metrics, fills_frame
 
 TRAILING_DAYS = (7, 30)
 RISK_DAYS = 30
@@ -517,21 +515,12 @@ def recommend(report: DailyReport, win_rate_threshold: float = 0.40) -> list[str
 
 
 # ----------------------------------------------------------------------------------------------------------
-# `runbook report daily` without the CLI plumbing
+# The file name and the text summary (the PDF is reports/pdf.py's; the CLI and the flow write it)
 
 
 def report_file_name(report: DailyReport) -> str:
     safe_bot = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in report.bot) or "bot"
     return f"daily-summary-{safe_bot}-{report.day.isoformat()}.pdf"
-
-
-def write_daily(report: DailyReport, folder: Path) -> Path:
-    from reports.pdf import render_daily
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = render_daily(report, folder / report_file_name(report))
-    report.pdf_path = str(path)
-    return path
 
 
 def text_summary(report: DailyReport) -> str:
@@ -549,72 +538,3 @@ def parse_day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise ValueError(f"--date takes YYYY-MM-DD, not {text!r}") from None
-
-
-def daily_from_file(fills_path: str, day: date | None, start_balance: float | str, out: Path, *, tz: str = "UTC",
-                    bot: str = "", as_json: bool = False, now: datetime | None = None) -> tuple[int, str]:
-    """`runbook report daily --fills FILE --start-balance X`: (exit code, output). Bad input: (2, 'error: ...')."""
-    try:
-        balance = Decimal(str(start_balance))
-        if not balance.is_finite() or balance <= 0:
-            raise ValueError
-    except (ArithmeticError, ValueError):
-        return 2, f"error: --start-balance must be a positive amount, not {start_balance!r}"
-    try:
-        with paused_gc():
-            frame = fills_frame(read_fill_list(fills_path))
-    except FillsError as error:
-        return 2, f"error: {error}"
-    if day is None:  # a file: its last fill's day, the day a person exporting it looks at
-        if not len(frame):
-            return 2, "error: the file holds no fills; give --date for an empty day"
-        last = datetime.fromtimestamp(int(frame["time"].max()) / 1000, tz=UTC)
-        day = last.astimezone(ZoneInfo(tz)).date()
-    try:
-        report = build_daily_report(frame, day, balance, tz=tz, bot=bot, source=f"file {fills_path}", now=now)
-    except (FillsError, ValueError) as error:
-        return 2, f"error: {error}"
-    write_daily(report, out)
-    if as_json:
-        return 0, json.dumps(report.to_dict(), indent=2, allow_nan=False)
-    return 0, text_summary(report)
-
-
-def daily_from_exchange(settings: Any, bot: str | None, day: date | None, out: Path | None,
-                        as_json: bool = False) -> tuple[int, str]:
-    """`runbook report daily` from the exchange (no Prefect): (exit code, output)."""
-    from tasks.hyperliquid import HyperliquidError, HyperliquidInfo
-
-    try:
-        name, bot_settings = settings.bot(bot)
-    except Exception as error:  # ConfigError: which bot
-        return 2, f"error: {error}"
-    tz = settings.reports.timezone
-    day = day or previous_day(datetime.now(UTC), tz)
-    start, end = fetch_window(day, tz)
-    read_at = datetime.now(UTC)
-    until = min(end, read_at) - timedelta(milliseconds=1)
-    account = bot_settings.hyperliquid
-    try:
-        with HyperliquidInfo.from_account(account) as client:
-            fills = client.fills(account.account_address, start, until)
-            history = client.account_value_history(account.account_address)
-            try:
-                funding: list[dict[str, Any]] | None = client.funding(account.account_address, start, until)
-            except HyperliquidError:
-                funding = None  # shown as n/a: the summary stands without it
-    except HyperliquidError as error:
-        return 1, f"error: cannot read the exchange: {error}"
-    day_start, _ = day_bounds(day, tz)
-    balance = start_balance_at(history, day_start)
-    if balance is None or balance <= 0:
-        return 1, f"error: the account has no value at {day_start.isoformat()}: give --fills and --start-balance"
-    try:
-        report = build_daily_report(fills, day, balance, tz=tz, funding=funding, bot=name, source="exchange",
-                                    win_rate_threshold=settings.watch.win_rate_threshold, now=read_at)
-    except (FillsError, ValueError) as error:
-        return 1, f"error: the exchange's fills cannot be used: {error}"
-    write_daily(report, out or settings.reports_dir / "daily")
-    if as_json:
-        return 0, json.dumps(report.to_dict(), indent=2, allow_nan=False)
-    return 0, text_summary(report)

@@ -36,7 +36,9 @@ from reportlab.platypus import (
 
 from reports.daily import DEFINITIONS as DAILY_DEFINITIONS
 from reports.daily import DailyReport, fmt_pct, fmt_ratio, fmt_usd
+from reports.daily import report_file_name as daily_file_name
 from reports.weekly import KPI_DEFINITIONS, SEVERITY_ORDER, WeeklyReport, fmt_duration, fmt_rate
+from reports.weekly import report_file_name as weekly_file_name
 
 MAX_POINTS = 1500
 MAX_BARS = 150
@@ -411,6 +413,14 @@ def render_daily(report: DailyReport, path: Path) -> Path:
     return _atomic(path, lambda tmp: _render_daily(report, tmp))
 
 
+def write_daily(report: DailyReport, folder: Path) -> Path:
+    """The report's PDF in `folder`, under its file name; the report keeps the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = render_daily(report, folder / daily_file_name(report))
+    report.pdf_path = str(path)
+    return path
+
+
 def _render_daily(report: DailyReport, path: Path) -> None:
     s = _styles()
     m = report.metrics
@@ -512,6 +522,14 @@ def _render_daily(report: DailyReport, path: Path) -> None:
 
 def render_weekly(report: WeeklyReport, path: Path) -> Path:
     return _atomic(path, lambda tmp: _render_weekly(report, tmp))
+
+
+def write_weekly(report: WeeklyReport, folder: Path) -> Path:
+    """The report's PDF in `folder`, under its file name; the report keeps the path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = render_weekly(report, folder / weekly_file_name(report))
+    report.pdf_path = str(path)
+    return path
 
 
 def _met(value: bool | None) -> str:

@@ -411,16 +411,12 @@ def _union_seconds(starts: np.ndarray, ends: np.ndarray) -> float:
 
 
 def analyze(frame: pd.DataFrame, start: datetime, end: datetime, *, now: datetime | None = None,
-            flap_window: timedelta = timedelta(hours=1), automated: set[str] | None = None, source: str = "journal",
+            flap_window: timedelta = timedelta(hours=1), automated: set[str], source: str = "journal",
             bot: str | None = None, warnings: list[str] | None = None) -> WeeklyReport:
-    """Every KPI of [start, end) from a frame made by incidents_frame."""
+    """Every KPI of [start, end) from a frame made by incidents_frame; `automated`: the alerts with a flow."""
     if end <= start:
         raise ValueError(f"the period is empty: end {end.isoformat()} is not after start {start.isoformat()}")
     now = now or datetime.now(UTC)
-    if automated is None:
-        from flows import FLOWS
-
-        automated = set(FLOWS)
     t0, t1 = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
     horizon = min(t1, pd.Timestamp(now).tz_convert("UTC"))
     if bot:
@@ -591,7 +587,7 @@ def recommend(report: WeeklyReport, flap_window: timedelta = timedelta(hours=1))
 
 
 # ----------------------------------------------------------------------------------------------------------
-# `runbook report weekly` and the flow share these
+# `runbook report weekly` and the flow share these (the PDF is reports/pdf.py's; they write it)
 
 
 def period_bounds(end: datetime | None, period: timedelta, now: datetime | None = None) -> tuple[datetime, datetime]:
@@ -615,15 +611,6 @@ def report_file_name(report: WeeklyReport) -> str:
     return f"weekly-alert-analysis{suffix}-{report.end:%Y-%m-%dT%H%M}.pdf"
 
 
-def write_weekly(report: WeeklyReport, folder: Path) -> Path:
-    from reports.pdf import render_weekly
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = render_weekly(report, folder / report_file_name(report))
-    report.pdf_path = str(path)
-    return path
-
-
 def text_summary(report: WeeklyReport) -> str:
     rows = report.headline()
     width = max(len(label) for label, _ in rows)
@@ -638,29 +625,3 @@ def text_summary(report: WeeklyReport) -> str:
     if report.pdf_path:
         lines += ["", f"PDF: {report.pdf_path}"]
     return "\n".join(lines)
-
-
-def weekly_command(*, journal_url: str | None, from_file: str | None, period: timedelta, end: datetime | None,
-                   out: Path, bot: str | None = None, flap_window: timedelta = timedelta(hours=1),
-                   as_json: bool = False, now: datetime | None = None) -> tuple[int, str]:
-    """`runbook report weekly` without the CLI plumbing: (exit code, output); bad input is (2, 'error: ...')."""
-    start, end_at = period_bounds(end, period, now)
-    try:
-        if from_file:
-            frame, warnings = incidents_frame(read_incident_file(from_file), strict=True)
-            source = f"file {from_file}"
-        else:
-            from runbook.journal import Journal
-
-            assert journal_url is not None
-            frame, warnings = incidents_frame(Journal(journal_url).kpi_columns(start, end_at, bot), strict=False,
-                                              where="journal incident")
-            source = "journal"
-        report = analyze(frame, start, end_at, now=now, flap_window=flap_window, source=source, bot=bot,
-                         warnings=warnings)
-    except (IncidentsError, ValueError) as error:
-        return 2, f"error: {error}"
-    write_weekly(report, out)
-    if as_json:
-        return 0, json.dumps(report.to_dict(), indent=2, allow_nan=False, default=str)
-    return 0, text_summary(report)

@@ -22,7 +22,8 @@ from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from app.cli import app
-from reports.daily import build_daily_report, day_bounds, exposure_of, write_daily
+from reports.daily import build_daily_report, day_bounds, exposure_of
+from reports.pdf import write_daily
 from reports.trades import compute_metrics, fills_frame
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))

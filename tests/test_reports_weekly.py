@@ -16,7 +16,8 @@ from pypdf import PdfReader
 from typer.testing import CliRunner
 
 from app.cli import app
-from reports.weekly import IncidentsError, analyze, fmt_duration, incidents_frame, read_incident_file, write_weekly
+from reports.pdf import write_weekly
+from reports.weekly import IncidentsError, analyze, fmt_duration, incidents_frame, read_incident_file
 from runbook.journal import Journal
 
 RUNBOOK = str(Path(sys.executable).with_name("runbook"))

@@ -18,30 +18,22 @@ above `tolerance_pct` it fired late, below `-tolerance_pct` it fired early, else
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import flow, task
+from prefect import flow
 
 from reports.trades import closed_trades
 from runbook import journal as j
 from runbook.markdown import table
-from runbook.settings import BotSettings, HyperliquidAccount
-from tasks import NO_CACHE_POLICY
-from tasks.hyperliquid import (
-    _TASK_OPTIONS as EXCHANGE_TASK_OPTIONS,  # the same retry policy as every other exchange read
-)
+from tasks.botconfig import BotConfigRead, inspect_bot_config
 from tasks.hyperliquid import (
     AccountState,
     Candle,
-    HyperliquidError,
-    HyperliquidInfo,
     OpenOrder,
     from_ms,
     get_account_state,
@@ -50,8 +42,10 @@ from tasks.hyperliquid import (
     get_open_orders,
 )
 from tasks.incident import IncidentRun, Outcome
-from tasks.logs import parse_line, scan_log
+from tasks.logs import scan_log
+from tasks.orders import PastOrder, PositionCheck, check_positions, get_order_history
 from tasks.probes import HealthReport, check_health, dig
+from tasks.trade_log import LogExit, LogExits, read_trade_exits
 
 ALERT = "stop-loss-review"
 STOP_LOSS_PCT_KEY = "risk_management.stop_loss_pct"  # percent, in the bot's config.json
@@ -65,173 +59,8 @@ UNPROTECTED_GRACE_SECONDS = 3.0
 # How far apart a `TRADE EXIT` log line and the closing fill it reports may be.
 LOG_MATCH_BEFORE = timedelta(seconds=2)
 LOG_MATCH_AFTER = timedelta(seconds=60)
-
-_EXIT_RE = re.compile(
-    r"TRADE EXIT (?P<coin>\S+) (?P<side>long|short) size=(?P<size>\S+) entry=(?P<entry>\S+) "
-    r"exit=(?P<exit>\S+) pnl=(?P<pnl>\S+) reason=(?P<reason>\S+) (?P<result>WIN|LOSS)"
-)
-
-
-# ----------------------------------------------------------------------------------------------
-# what the steps read
-
-
-@dataclass
-class BotConfigRead:
-    path: str
-    data: dict[str, Any] | None = None
-    error: str | None = None
-
-    def get(self, dotted: str) -> Any:
-        return dig(self.data, dotted) if self.data is not None else None
-
-
-@dataclass
-class LogExit:
-    """One `TRADE EXIT` line of the bot's log."""
-
-    at: datetime | None
-    coin: str
-    side: str
-    size: float
-    entry: float
-    exit: float
-    pnl: float
-    reason: str
-    result: str
-    message: str
-
-
-@dataclass
-class LogExits:
-    path: str
-    exits: list[LogExit] = field(default_factory=list)
-    unparsed: int = 0
-    error: str | None = None
-
-
-@dataclass
-class PastOrder:
-    """One entry of historicalOrders: an order and what became of it."""
-
-    oid: int
-    coin: str
-    side: str  # "B" / "A"
-    order_type: str  # "Stop Market", "Limit", ...
-    is_trigger: bool
-    trigger_px: Decimal | None
-    orig_size: Decimal | None
-    reduce_only: bool
-    placed_at: datetime
-    status: str
-    status_at: datetime
-
-    @property
-    def is_stop(self) -> bool:
-        return self.is_trigger and self.order_type.lower().startswith("stop")
-
-
-# ----------------------------------------------------------------------------------------------
-# steps: one system each
-
-
-@task(name="read bot config", cache_policy=NO_CACHE_POLICY)
-def read_bot_config(bot: BotSettings) -> BotConfigRead:
-    """Runbook: `cat config/config.json | jq '.risk_management'` (and `.strategy`). Never raises."""
-    path = bot.path(bot.config_file)
-    result = BotConfigRead(path=str(path))
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        result.error = f"{path} does not exist"
-    except OSError as error:
-        result.error = f"cannot read {path}: {error.strerror}"
-    except ValueError as error:
-        result.error = f"{path} is not valid JSON: {error}"
-    else:
-        if isinstance(data, dict):
-            result.data = data
-        else:
-            result.error = f"{path} holds JSON {type(data).__name__}, not an object"
-    return result
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def parse_exit(message: str, at: datetime | None) -> LogExit | None:
-    match = _EXIT_RE.search(message)
-    if match is None:
-        return None
-    try:
-        return LogExit(at=at, coin=match["coin"], side=match["side"], size=float(match["size"]),
-                       entry=float(match["entry"]), exit=float(match["exit"]), pnl=float(match["pnl"]),
-                       reason=match["reason"], result=match["result"], message=message)
-    except ValueError:
-        return None
-
-
-@task(name="read TRADE EXIT log lines", cache_policy=NO_CACHE_POLICY)
-def read_trade_exits(path: Path, since: datetime) -> LogExits:
-    """Runbook: `grep "TRADE EXIT" logs/trading_bot.log`, parsed, from `since` on (streamed, constant memory)."""
-    result = LogExits(path=str(path))
-    try:
-        with open(path, "rb") as handle:
-            for raw in handle:
-                if b"TRADE EXIT" not in raw:
-                    continue
-                line = parse_line(raw)
-                at = _parse_time(line.timestamp)
-                if at is not None and at < since:
-                    continue
-                parsed = parse_exit(line.message, at)
-                if parsed is None:
-                    result.unparsed += 1
-                else:
-                    result.exits.append(parsed)
-    except FileNotFoundError:
-        result.error = f"{path} does not exist"
-    except OSError as error:
-        result.error = f"cannot read {path}: {error.strerror}"
-    return result
-
-
-@task(name="read Hyperliquid order history", timeout_seconds=120, **EXCHANGE_TASK_OPTIONS)
-def get_order_history(account: HyperliquidAccount) -> list[PastOrder]:
-    """The account's recent orders with their final status (historicalOrders, at most 2000): which order
-    closed a position, whether it was a stop trigger, and which stops were replaced before it."""
-    kind = "historicalOrders"
-    if not account.account_address:
-        raise HyperliquidError(f"{kind}: no account address configured", request_type=kind)
-    with HyperliquidInfo.from_account(account) as client:
-        body = client.post({"type": kind, "user": account.account_address.lower()})
-    if not isinstance(body, list):
-        raise HyperliquidError(f"{kind}: unexpected response: body is {type(body).__name__}, expected a list",
-                               request_type=kind)
-    orders = []
-    for item in body:
-        try:
-            order = item["order"]
-            trigger = order.get("triggerPx")
-            is_trigger = bool(order.get("isTrigger", False))
-            orders.append(PastOrder(
-                oid=int(order["oid"]), coin=str(order["coin"]), side=str(order["side"]),
-                order_type=str(order.get("orderType", "Limit")), is_trigger=is_trigger,
-                trigger_px=Decimal(str(trigger)) if is_trigger and trigger not in (None, "") else None,
-                orig_size=Decimal(str(order["origSz"])) if order.get("origSz") is not None else None,
-                reduce_only=bool(order.get("reduceOnly", False)), placed_at=from_ms(int(order["timestamp"])),
-                status=str(item["status"]), status_at=from_ms(int(item["statusTimestamp"])),
-            ))
-        except (KeyError, TypeError, ValueError, ArithmeticError):
-            continue  # one odd entry does not hide the others
-    return orders
+# The steps that read (config.json, the TRADE EXIT log lines, the order history, the open positions' stops)
+# are tasks: tasks/botconfig.py, tasks/trade_log.py, tasks/orders.py.
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,54 +257,6 @@ def find_stop_exits(fills: list[dict[str, Any]] | None, orders: list[PastOrder] 
 
 
 # ----------------------------------------------------------------------------------------------
-# open positions and their stops
-
-
-@dataclass
-class PositionCheck:
-    coin: str
-    side: str
-    size: Decimal  # absolute
-    entry_px: Decimal | None
-    mark_px: Decimal | None
-    unrealized_pnl: Decimal
-    stops: list[OpenOrder]
-    covered: Decimal
-
-    @property
-    def status(self) -> str:
-        if not self.stops:
-            return "NO STOP"
-        return "protected" if self.covered >= self.size else "PARTIAL"
-
-    @property
-    def unprotected(self) -> bool:
-        return self.status != "protected"
-
-
-def _is_stop_for(order: OpenOrder, coin: str, long: bool) -> bool:
-    closes = order.side == ("A" if long else "B")
-    return (order.coin == coin and order.is_trigger and order.order_type.lower().startswith("stop") and closes
-            and (order.reduce_only or order.is_position_tpsl))
-
-
-def check_positions(state: AccountState, orders: list[OpenOrder]) -> list[PositionCheck]:
-    checks = []
-    for position in state.positions:
-        if position.size == 0:
-            continue
-        long, size = position.size > 0, abs(position.size)
-        stops = [o for o in orders if _is_stop_for(o, position.coin, long)]
-        # A position TP/SL with size 0 covers the whole position, whatever its size.
-        covered = size if any(o.is_position_tpsl and o.size == 0 for o in stops) else sum(
-            (o.size for o in stops), Decimal(0))
-        mark = position.position_value / size if size else None
-        checks.append(PositionCheck(position.coin, position.side, size, position.entry_px, mark,
-                                    position.unrealized_pnl, stops, covered))
-    return checks
-
-
-# ----------------------------------------------------------------------------------------------
 # formatting
 
 
@@ -622,7 +403,7 @@ def _review(run: IncidentRun, lookback_minutes: int, tolerance_pct: float, coin:
 
     # Immediate actions and investigation: independent reads, concurrently.
     health_f = check_health.submit(bot)
-    config_f = read_bot_config.submit(bot)
+    config_f = inspect_bot_config.submit(bot)
     exits_f = read_trade_exits.submit(bot.path(bot.log_file), since)
     position_lines_f = scan_log.submit(bot.path(bot.log_file), "position", 10)
     state_f = get_account_state.submit(account)

@@ -29,10 +29,10 @@ from typing import Any
 import pandas as pd
 from prefect import flow
 
-from flows.stop_loss_review import BotConfigRead, read_bot_config
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
 from runbook.markdown import table
+from tasks.botconfig import BotConfigRead, inspect_bot_config
 from tasks.hyperliquid import AccountState, get_account_state, get_fills
 from tasks.incident import IncidentRun, Outcome
 from tasks.logs import scan_log
@@ -248,7 +248,7 @@ def _review(run: IncidentRun, lookback_days: int, n_trades: int) -> Outcome:
     now = datetime.now(UTC)
     fills_f = get_fills.submit(account, now - timedelta(days=lookback_days), now)
     state_f = get_account_state.submit(account)
-    config_f = read_bot_config.submit(bot)
+    config_f = inspect_bot_config.submit(bot)
     exits_f = scan_log.submit(bot.path(bot.log_file), "TRADE EXIT", 1000)
     health_f = check_health.submit(bot)
 

@@ -35,7 +35,9 @@ from typing import Any
 
 from prefect import task
 
+from runbook.settings import BotSettings
 from tasks import NO_CACHE_POLICY
+from tasks.probes import dig
 
 # (section, key) of every size the "reduce position sizes" step scales; absent keys are skipped.
 SIZE_KEYS: tuple[tuple[str, str], ...] = (
@@ -288,3 +290,40 @@ def backup_bot_config(path: Path) -> Path:
 def apply_config_change(path: Path, change: ConfigChange) -> Path:
     """Write the approved change atomically, keeping a timestamped backup of the old file."""
     return apply_change(path, change)
+
+
+# ----------------------------------------------------------------------------------------------
+# read for a review (stop-loss, win rate): whatever is there, or why not
+
+
+@dataclass
+class BotConfigRead:
+    """The bot's config.json as read for a review: its data, or why it could not be read (never raises)."""
+
+    path: str
+    data: dict[str, Any] | None = None
+    error: str | None = None
+
+    def get(self, dotted: str) -> Any:
+        return dig(self.data, dotted) if self.data is not None else None
+
+
+@task(name="read bot config", cache_policy=NO_CACHE_POLICY)
+def inspect_bot_config(bot: BotSettings) -> BotConfigRead:
+    """Runbook: `cat config/config.json | jq '.risk_management'` (and `.strategy`). Never raises."""
+    path = bot.path(bot.config_file)
+    result = BotConfigRead(path=str(path))
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        result.error = f"{path} does not exist"
+    except OSError as error:
+        result.error = f"cannot read {path}: {error.strerror}"
+    except ValueError as error:
+        result.error = f"{path} is not valid JSON: {error}"
+    else:
+        if isinstance(data, dict):
+            result.data = data
+        else:
+            result.error = f"{path} holds JSON {type(data).__name__}, not an object"
+    return result

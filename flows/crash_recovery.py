@@ -17,7 +17,6 @@ from prefect import flow
 
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
-from runbook.locks import bot_lock
 from runbook.settings import BotSettings
 from tasks.logs import scan_log, tail_log
 from tasks.probes import HealthReport, check_health
@@ -87,14 +86,7 @@ def crash_recovery(bot: str | None = None, config: str | None = None, incident_i
     run = IncidentRun.open(ALERT, bot, config, incident_id)
     run.tell("OPEN", "Trading bot process is not responding or has crashed", ["check process status and health"],
              mention_level="L1")
-    recovery = run.settings.recovery
-    try:
-        with bot_lock(run.bot_name, recovery.lock_timeout_seconds, recovery.lock_lease_seconds):
-            return _respond(run)
-    except TimeoutError:
-        return run.escalate("L1", f"another remediation held bot {run.bot_name} for over "
-                            f"{recovery.lock_timeout_seconds:g}s; this run did nothing.",
-                            ["check the other remediation's run in the Prefect UI"], outcome=j.FAILED)
+    return run.under_bot_lock(lambda: _respond(run))
 
 
 def _respond(run: IncidentRun) -> Outcome:

@@ -25,9 +25,8 @@ from prefect import flow, task
 from reports.trades import TradeMetrics, closed_trades, compute_metrics
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
-from runbook.locks import bot_lock
+from runbook.locks import BotBusy, bot_lock
 from runbook.markdown import table, usd
-from runbook.policy import authorize
 from runbook.settings import ConfigError
 from tasks import NO_CACHE_POLICY
 from tasks.botconfig import (
@@ -350,20 +349,19 @@ def _ensure_stopped(run: IncidentRun, seen: Look, tripped: bool, reason: str | N
              f"{usd(loss)} USD has reached the limit {usd(limit)} USD{kept}")
     what = (f"stop the trading bot (PID {pid}), still trading past its daily loss limit "
             f"({usd(loss)} of {usd(limit)} USD)")
-    policy = run.settings.policy
-    decision = authorize(policy.kill, what, policy.approval_timeout_seconds)
+    decision = run.authorize("kill", what)
     if not decision.allowed:
         run.act("stop", f"not stopped: {decision.how}", ok=False, dry_run=decision.dry_run, detail={"pid": pid})
         return False, f"the bot (PID {pid}) is STILL TRADING: not stopped ({decision.how})", False
     run.note(f"stop: {decision.how}")
     try:
         with bot_lock(run.bot_name, run.settings.recovery.lock_timeout_seconds,
-                      run.settings.recovery.lock_lease_seconds):
+                      run.settings.recovery.lock_lease_seconds, journal=run.journal):
             result = stop_process(seen.process, run.bot, run.settings.recovery.stop_timeout_seconds)
             after = check_process(run.bot)
-    except TimeoutError:
-        run.act("stop", "not stopped: another remediation holds the bot", ok=False, detail={"pid": pid})
-        return False, f"the bot (PID {pid}) is STILL TRADING: another remediation held it", True
+    except BotBusy as busy:
+        run.act("stop", f"not stopped: {busy}", ok=False, detail={"pid": pid})
+        return False, f"the bot (PID {pid}) is STILL TRADING: {busy}", True
     except ProcessError as error:
         run.act("stop", f"stop failed: {error}", ok=False, detail={"pid": pid})
         return False, f"the bot (PID {pid}) could not be stopped: {error}", True
@@ -388,8 +386,7 @@ def _recover(run: IncidentRun, config: BotConfig | None, config_error: str | Non
                      "Daily counter: the bot counts daily P&L from its process start, so the reset takes effect "
                      "when a person restarts it; `risk_limits.daily_loss_reset_at` records the decision.")
     what = f"change the bot's config {config.path} (the old file kept as a timestamped backup): {change.summary()}"
-    policy = run.settings.policy
-    decision = authorize(policy.config_change, what, policy.approval_timeout_seconds)
+    decision = run.authorize("config_change", what)
     detail: dict[str, Any] = {"path": str(config.path), "changes": change.to_dict()}
     if not decision.allowed:
         # A dry-run decision already spells out the change ("dry-run: would change ..."): say it once.
@@ -403,11 +400,11 @@ def _apply(run: IncidentRun, path: Path, change: ConfigChange, detail: dict[str,
     try:
         path = run.bot.confined_path(Path(path))
         with bot_lock(run.bot_name, run.settings.recovery.lock_timeout_seconds,
-                      run.settings.recovery.lock_lease_seconds):
+                      run.settings.recovery.lock_lease_seconds, journal=run.journal):
             backup = apply_config_change(path, change)
-    except TimeoutError:
-        run.act("config-change", "config not changed: another remediation holds the bot", ok=False, detail=detail)
-        return "approved but not applied: another remediation held the bot"
+    except BotBusy as busy:
+        run.act("config-change", f"config not changed: {busy}", ok=False, detail=detail)
+        return f"approved but not applied: {busy}"
     except (BotConfigError, ConfigError) as error:
         run.act("config-change", f"config not changed: {error}", ok=False, detail=detail)
         return f"approved but not applied: {error}"

@@ -18,7 +18,6 @@ from prefect import flow
 
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
-from runbook.locks import bot_lock
 from runbook.markdown import table
 from tasks.futures import settle
 from tasks.process import BotProcess, check_process, locate_bot
@@ -117,14 +116,7 @@ def memory_usage(bot: str | None = None, config: str | None = None, incident_id:
     """
     run = IncidentRun.open(ALERT, bot, config, incident_id)
     run.tell("OPEN", "System memory usage exceeds 80%", ["check memory usage", "identify memory leaks"])
-    recovery = run.settings.recovery
-    try:
-        with bot_lock(run.bot_name, recovery.lock_timeout_seconds):
-            return _respond(run)
-    except TimeoutError:
-        return run.escalate("L1", f"another remediation held bot {run.bot_name} for over "
-                            f"{recovery.lock_timeout_seconds:g}s; this run did nothing.",
-                            ["check the other remediation's run in the Prefect UI"], outcome=j.FAILED)
+    return run.under_bot_lock(lambda: _respond(run))
 
 
 def _respond(run: IncidentRun) -> Outcome:

@@ -26,7 +26,6 @@ from prefect import flow
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table
-from runbook.policy import authorize
 from runbook.redact import REDACTED
 from runbook.settings import resolve_secret
 from tasks.evidence import BackupError, BackupResult, backup_evidence
@@ -190,7 +189,6 @@ def security_breach(bot: str | None = None, config: str | None = None, incident_
 
 def _stop_bot(run: IncidentRun, assume_yes: bool) -> tuple[bool, str]:
     """Runbook "Isolate System", the part this system does: stop the bot (verified PID) under `kill`."""
-    policy = run.settings.policy
     try:
         process = locate_bot(run.bot)
     except ProcessError as error:
@@ -199,8 +197,7 @@ def _stop_bot(run: IncidentRun, assume_yes: bool) -> tuple[bool, str]:
     if process is None:
         run.act("stop", "no bot process was running")
         return True, "no bot process was running"
-    decision = authorize(policy.kill, f"stop the trading bot (PID {process.pid})", policy.approval_timeout_seconds,
-                         assume_yes)
+    decision = run.authorize("kill", f"stop the trading bot (PID {process.pid})", assume_yes)
     if not decision.allowed:
         run.act("stop", f"bot not stopped: {decision.how}", ok=False, dry_run=decision.dry_run, detail={"pid": process.pid})
         return False, f"NOT stopped ({decision.how})"
@@ -221,9 +218,7 @@ def _secure_keys(run: IncidentRun, assume_yes: bool) -> tuple[list[ZeroizeRecord
         run.act("zeroize", "no key files configured: nothing to zeroize", ok=False)
         return [], "no key files configured", True
     listing = ", ".join(str(path) for path, _ in targets) or f"${run.bot.hyperliquid.key_env}"
-    policy = run.settings.policy
-    decision = authorize(policy.zeroize, f"overwrite and remove the bot's key files ({listing})",
-                         policy.approval_timeout_seconds, assume_yes)
+    decision = run.authorize("zeroize", f"overwrite and remove the bot's key files ({listing})", assume_yes)
     if not decision.allowed:
         run.act("zeroize", f"keys not zeroized: {decision.how}", ok=False, dry_run=decision.dry_run,
                 detail={"paths": [str(p) for p, _ in targets]})

@@ -36,7 +36,7 @@ from pydantic import Field
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table, usd
-from runbook.policy import authorize
+from runbook.policy import ApprovalGate, decided_by
 from runbook.settings import Policy
 from tasks.evidence import BackupResult, backup_evidence
 from tasks.exchange import CancelReport, cancel_open_orders, close_position_task
@@ -100,8 +100,9 @@ class LiquidationChoice:
 
 
 def choose_positions(policy: Policy, positions: list[Position], assume_yes: bool, slippage: float,
-                     timeout_seconds: int) -> LiquidationChoice:
-    """Which positions may be closed: by policy, by --yes, or by a person's answer to the form."""
+                     timeout_seconds: int, gate: ApprovalGate | None = None) -> LiquidationChoice:
+    """Which positions may be closed: by policy, by --yes, or by a person's answer to the form (journaled
+    and asked in the incident's thread through `gate`)."""
     coins = [p.coin for p in positions]
     listing = "; ".join(position_line(p) for p in positions)
     if policy is Policy.dry_run:
@@ -111,16 +112,21 @@ def choose_positions(policy: Policy, positions: list[Position], assume_yes: bool
     if assume_yes:
         return LiquidationChoice(coins, "approved with --yes from the shell")
     form = liquidation_form(positions, slippage, timeout_seconds)
-    try:
-        answer = pause_flow_run(wait_for_input=form, timeout=timeout_seconds, poll_interval=2)
-    except FlowPauseTimeout:
+    if gate is None:
+        try:
+            answer, approval = pause_flow_run(wait_for_input=form, timeout=timeout_seconds, poll_interval=2), None
+        except FlowPauseTimeout:
+            answer = approval = None
+    else:
+        answer, approval = gate.ask(form, f"close {listing}", timeout_seconds)
+    if answer is None:
         return LiquidationChoice([], f"not approved within {timeout_seconds} s")
     note = f" ({answer.note})" if answer.note else ""
     if not answer.approve:
-        return LiquidationChoice([], f"rejected by a person{note}")
+        return LiquidationChoice([], f"rejected by {decided_by(approval)}{note}")
     chosen = [coin for coin in coins if getattr(answer, close_field(coin), True)]
     kept = [coin for coin in coins if coin not in chosen]
-    return LiquidationChoice(chosen, f"approved by a person for {', '.join(chosen) or 'no position'}"
+    return LiquidationChoice(chosen, f"approved by {decided_by(approval)} for {', '.join(chosen) or 'no position'}"
                              + (f", keeping {', '.join(kept)}" if kept else "") + note)
 
 
@@ -151,7 +157,7 @@ def stop_all_trading(run: IncidentRun, assume_yes: bool, started: float) -> Trad
     what = ((f"stop the trading bot (PID {process.pid})" if process else "make sure no bot process runs")
             + " and cancel its open orders on the exchange"
             + (" (reduce-only protective orders kept)" if emergency.keep_protective_orders else ""))
-    decision = authorize(policy.kill, what, policy.approval_timeout_seconds, assume_yes)
+    decision = run.authorize("kill", what, assume_yes)
     if not decision.allowed:
         run.act("stop", f"trading not stopped: {decision.how}", ok=False, dry_run=decision.dry_run)
         return TradingStop(False, None, f"TRADING NOT STOPPED ({decision.how})")
@@ -215,7 +221,7 @@ def liquidate(run: IncidentRun, state: AccountState, stop: TradingStop, assume_y
                            positions, failed=True)
     emergency, policy = run.settings.emergency, run.settings.policy
     choice = choose_positions(policy.liquidate, positions, assume_yes, emergency.liquidation_slippage,
-                              policy.approval_timeout_seconds)
+                              policy.approval_timeout_seconds, run.approval_gate("liquidate"))
     run.note(f"liquidation: {choice.how}")
     if not choice.coins:
         run.act("liquidate", f"no position closed: {choice.how}", ok=False, dry_run=choice.dry_run,
@@ -293,7 +299,8 @@ def system_failure(bot: str | None = None, config: str | None = None, incident_i
         run.note(f"account value {usd(state.account_value)} USD, {len(state.positions)} open position(s)")
         run.tell("INVESTIGATING", f"Trading: {stop.text}. Open positions: "
                  + ("; ".join(position_line(p) for p in state.positions) or "none"),
-                 ["approve or reject the liquidation in the Prefect UI (or `runbook approve RUN_ID`)"]
+                 [f"approve or reject the liquidation: the buttons in this thread, the Prefect UI ({run.ui_url}) or "
+                  f"`runbook approve {run.flow_run_id}`"]
                  if state.positions and run.settings.policy.liquidate is Policy.approve and not assume_yes else [])
         liquidation = liquidate(run, state, stop, assume_yes)
 

@@ -23,7 +23,6 @@ from prefect import flow, task
 
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
-from runbook.locks import bot_lock
 from runbook.markdown import table
 from runbook.settings import BotSettings
 from tasks import NO_CACHE_POLICY
@@ -178,14 +177,7 @@ def websocket_disconnected(bot: str | None = None, config: str | None = None, in
     wait = run.settings.infra.websocket_reconnect_wait_seconds if wait_seconds is None else wait_seconds
     if wait < 0:
         raise ValueError(f"wait_seconds must not be negative, not {wait!r}")
-    recovery = run.settings.recovery
-    try:
-        with bot_lock(run.bot_name, recovery.lock_timeout_seconds):
-            return _respond(run, wait, started + wait)
-    except TimeoutError:
-        return run.escalate("L1", f"another remediation held bot {run.bot_name} for over "
-                            f"{recovery.lock_timeout_seconds:g}s; this run did nothing.",
-                            ["check the other remediation's run in the Prefect UI"], outcome=j.FAILED)
+    return run.under_bot_lock(lambda: _respond(run, wait, started + wait))
 
 
 def _respond(run: IncidentRun, wait: float, deadline: float) -> Outcome:

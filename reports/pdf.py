@@ -540,11 +540,13 @@ def _render_weekly(report: WeeklyReport, path: Path) -> None:
     story.append(target_bars("Mean time to response per alert against its target (minutes)", mttr_rows))
 
     story += [CondPageBreak(50 * mm), _p("By severity", s["h2"]), data_table(
-        ["Severity", "Incidents", "MTTR mean", "median", "p90", "Target", "Met", "Resolve mean"],
+        ["Severity", "Incidents", "MTTR mean", "median", "p90", "Target", "Met", "Ack median", "Ack p90", "Ack met",
+         "Resolve mean"],
         [[sev, f"{b['count']:,}", fmt_duration(b["mttr_mean_seconds"]), fmt_duration(b["mttr_median_seconds"]),
           fmt_duration(b["mttr_p90_seconds"]), fmt_duration(b["target_seconds"]), _met(b["met"]),
+          fmt_duration(b.get("tta_median_seconds")), fmt_duration(b.get("tta_p90_seconds")), _met(b.get("tta_met")),
           fmt_duration(b["resolve_mean_seconds"])] for sev, b in report.by_severity.items()],
-        widths=[1.3, 1, 1, 1, 1, 1, 0.7, 1.2])]
+        widths=[1.3, 0.9, 1, 0.9, 0.9, 0.9, 0.6, 1, 0.9, 0.7, 1.1], font_size=7)]
     story += [_p("By alert", s["h2"]), data_table(
         ["Alert", "Severity", "Count", "MTTR mean", "p90", "Target", "Met", "False pos.", "Auto", "Repeats",
          "Flaps"],

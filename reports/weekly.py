@@ -49,8 +49,8 @@ TOP_N = 5
 SEVERITIES = tuple(s.value for s in Severity)
 SEVERITY_ORDER = ("EMERGENCY", "CRITICAL", "WARNING", "INFO")
 FIELDS = ("id", "alert", "bot", "severity", "status", "outcome", "fired_at", "response_started_at", "resolved_at",
-          "repeat_count")
-TIME_FIELDS = ("fired_at", "response_started_at", "resolved_at")
+          "repeat_count", "acknowledged_at")
+TIME_FIELDS = ("fired_at", "response_started_at", "resolved_at", "acknowledged_at")
 FLAP_RECOMMEND = 2
 REPEAT_RECOMMEND = 10
 FP_ALERT_SHARE = 0.2
@@ -61,6 +61,9 @@ KPI_DEFINITIONS: tuple[tuple[str, str], ...] = (
              "(first remediation step or a person's acknowledgement), per alert and per severity; with the median "
              "and the p90 (linear interpolation). Target: 5 min CRITICAL and EMERGENCY, 30 min WARNING; met when "
              "the mean is within it."),
+    ("Time to acknowledge", "acknowledged_at - fired_at over the incidents a person acknowledged (`runbook ack`, "
+                            "the Slack button, a pager), per severity: median and p90, shown beside the response "
+                            "time against the same targets; met when the median is within the target."),
     ("Time to resolve", "The same over resolved_at - fired_at of resolved incidents."),
     ("False-positive rate", "False-positive incidents / all incidents of the period, INFO excluded. Target < 5 %."),
     ("Auto-resolution rate", "Incidents resolved by their flow alone (auto-resolved) / all incidents, INFO "
@@ -193,7 +196,8 @@ def _incidents_frame(columns: dict[str, list[Any]] | list[dict[str, Any]], *, st
         fail((parsed.isna() & cols[name].notna()).to_numpy(), f"{name!r} is not an ISO 8601 time")
         times[name] = parsed
     fired = times["fired_at"]
-    for name, label in (("response_started_at", "response"), ("resolved_at", "resolution")):
+    for name, label in (("response_started_at", "response"), ("resolved_at", "resolution"),
+                        ("acknowledged_at", "acknowledgement")):
         early = (times[name] < fired).to_numpy()
         if early.any():
             if strict:
@@ -210,6 +214,7 @@ def _incidents_frame(columns: dict[str, list[Any]] | list[dict[str, Any]], *, st
         "severity": severity,
         "outcome": _category(cols["outcome"].where(cols["outcome"].notna(), "")),
         "fired": fired, "response": times["response_started_at"], "resolved": times["resolved_at"],
+        "acknowledged": times["acknowledged_at"],
         "repeats": repeats.fillna(0).clip(lower=0).astype(np.int64),
     }, index=pd.RangeIndex(n))
     return frame, warnings
@@ -323,6 +328,11 @@ class WeeklyReport:
             return (f"MTTR {severity.lower()} (target {fmt_duration(target)})",
                     fmt_duration(block.get("mttr_mean_seconds")))
 
+        def tta(severity: str) -> tuple[str, str]:
+            block = self.by_severity.get(severity) or {}
+            return (f"Time to acknowledge {severity.lower()} median / p90",
+                    f"{fmt_duration(block.get('tta_median_seconds'))} / {fmt_duration(block.get('tta_p90_seconds'))}")
+
         return [
             ("Incidents", f"{self.incidents:,}"),
             mttr("CRITICAL"),
@@ -334,6 +344,8 @@ class WeeklyReport:
                                                      f"{fmt_duration(self.recovery_time_median_seconds)}"),
             ("Auto-resolution rate", fmt_rate(self.auto_resolution_rate)),
             ("Repeats / flapping", f"{self.repeats:,} / {self.flapping:,}"),
+            tta("CRITICAL"),
+            tta("WARNING"),
         ]
 
     def message(self) -> str:
@@ -374,8 +386,10 @@ def _stats(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     table = groups.agg(count=("alert", "size"), mttr_mean_seconds=("ttr", "mean"),
                        mttr_median_seconds=("ttr", "median"), responded=("ttr", "count"),
                        resolve_mean_seconds=("ttres", "mean"), resolved=("ttres", "count"),
-                       repeats=("repeats", "sum"), flaps=("flap", "sum"))
+                       repeats=("repeats", "sum"), flaps=("flap", "sum"),
+                       tta_median_seconds=("tta", "median"), acknowledged=("tta", "count"))
     table["mttr_p90_seconds"] = groups["ttr"].quantile(0.9)  # linear interpolation, NaN skipped
+    table["tta_p90_seconds"] = groups["tta"].quantile(0.9)
     outcomes = frame.groupby([key, "outcome"], observed=True).size().unstack(fill_value=0)
     for outcome, name in (("false-positive", "false_positives"), ("auto-resolved", "auto_resolved"),
                           ("escalated", "escalated"), ("failed", "failed"), ("no-automation", "no_automation")):
@@ -386,7 +400,7 @@ def _stats(frame: pd.DataFrame, key: str) -> pd.DataFrame:
 def _row(values: pd.Series) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in values.items():
-        if name in ("count", "responded", "resolved", "repeats", "flaps", "false_positives", "auto_resolved",
+        if name in ("count", "responded", "resolved", "acknowledged", "repeats", "flaps", "false_positives", "auto_resolved",
                     "escalated", "failed", "no_automation"):
             out[name] = int(value)
         else:
@@ -437,6 +451,7 @@ def analyze(frame: pd.DataFrame, start: datetime, end: datetime, *, now: datetim
     p = frame.loc[in_period].copy()
     p["ttr"] = (p["response"] - p["fired"]).dt.total_seconds()
     p["ttres"] = (p["resolved"] - p["fired"]).dt.total_seconds()
+    p["tta"] = (p["acknowledged"] - p["fired"]).dt.total_seconds()
     alerting = p["severity"] != "INFO"
     answered = p.loc[alerting]
     n_alerting = len(answered)
@@ -451,10 +466,12 @@ def analyze(frame: pd.DataFrame, start: datetime, end: datetime, *, now: datetim
             continue
         block = _row(sev_table.loc[severity]) if present else {
             "count": 0, "mttr_mean_seconds": None, "mttr_median_seconds": None, "mttr_p90_seconds": None,
-            "responded": 0, "resolve_mean_seconds": None, "resolved": 0, "repeats": 0, "flaps": 0}
+            "responded": 0, "resolve_mean_seconds": None, "resolved": 0, "repeats": 0, "flaps": 0,
+            "tta_median_seconds": None, "tta_p90_seconds": None, "acknowledged": 0}
         target = severity_target(severity)
-        mean = block.get("mttr_mean_seconds")
-        block.update(target_seconds=target, met=None if target is None or mean is None else mean <= target)
+        mean, tta = block.get("mttr_mean_seconds"), block.get("tta_median_seconds")
+        block.update(target_seconds=target, met=None if target is None or mean is None else mean <= target,
+                     tta_met=None if target is None or tta is None else tta <= target)
         by_severity[severity] = block
 
     by_alert: dict[str, dict[str, Any]] = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -273,28 +272,93 @@ def check_config(config: Optional[Path] = ConfigOption, as_json: bool = JsonOpti
 
 @app.command()
 def approve(
-    run_id: str = typer.Argument(..., help="The paused flow run's id."),
+    run_id: str = typer.Argument(..., help="The paused flow run's id (`runbook approvals` lists them)."),
     reject: bool = typer.Option(False, "--reject", help="Reject instead of approving."),
     note: str = typer.Option("", "--note", help="Why; kept with the decision."),
+    by: Optional[str] = typer.Option(None, "--by", help="Who decides (default: the shell user)."),
+    config: Optional[Path] = ConfigOption,
 ) -> None:
-    """Answer a flow run paused for approval (same as the form in the Prefect UI)."""
-    from prefect.exceptions import ObjectNotFound
-    from prefect.flow_runs import resume_flow_run
+    """Answer a flow run paused for approval (same as the form in the Prefect UI); the journal keeps who."""
+    import getpass
 
-    answer = {"approve": not reject, "note": note}
-    for attempt in range(10):
-        try:
-            resume_flow_run(run_id, run_input=answer)
-            typer.echo(f"{'rejected' if reject else 'approved'}: flow run {run_id}")
-            return
-        except ObjectNotFound:
-            raise _fail(f"no flow run {run_id}")
-        except Exception as error:
-            # Right after a pause the run's input schema may not be stored yet: try again shortly.
-            if "schema" in str(error).lower() and attempt < 9:
-                time.sleep(0.5)
-                continue
-            raise _fail(f"cannot resume {run_id}: {error}", 1)
+    from runbook.policy import ApprovalError, answer_approval
+
+    journal = _journal_if_configured(config)
+    who = by or _shell_user(getpass)
+    try:
+        answer_approval(journal, run_id, not reject, who, "shell", note)
+    except ApprovalError as error:
+        raise _fail(str(error), 2 if "no flow run" in str(error) else 1)
+    typer.echo(f"{'rejected' if reject else 'approved'} by {who}: flow run {run_id}")
+
+
+@app.command()
+def approvals(
+    config: Optional[Path] = ConfigOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Flow runs waiting for a person's approval now: run id, incident, action, deadline, link."""
+    from runbook.journal import Journal, JournalError
+
+    try:
+        waiting = Journal(load_settings(config).journal_url).waiting_approvals()
+    except (ConfigError, JournalError) as error:
+        raise _fail(str(error))
+    rows = [{"run_id": a.flow_run_id, "incident_id": a.incident_id, "bot": a.bot, "kind": a.kind,
+             "action": a.action, "requested_at": a.as_dict()["requested_at"], "deadline": a.as_dict()["deadline"],
+             "link": a.ui_url, "command": f"runbook approve {a.flow_run_id}"} for a in waiting]
+    text = "\n".join(
+        f"{r['run_id']}  incident #{r['incident_id']}  {r['kind']}: {r['action']}\n"
+        f"    answer by {r['deadline']}: {r['command']} [--reject]   {r['link'] or ''}" for r in rows
+    ) or "no run is waiting for approval"
+    _emit(rows, as_json, text)
+
+
+@app.command()
+def ack(
+    incident_id: int = typer.Argument(..., help="The incident to acknowledge."),
+    by: Optional[str] = typer.Option(None, "--by", help="Who takes it (default: the shell user)."),
+    note: str = typer.Option("", "--note", help="Kept with the acknowledgement."),
+    config: Optional[Path] = ConfigOption,
+) -> None:
+    """Acknowledge an incident: a person has it, so it stops climbing the escalation ladder."""
+    import getpass
+
+    from runbook.journal import JournalError
+    from tasks.people import acknowledge
+
+    try:
+        settings = load_settings(config)
+        incident, first = acknowledge(settings, incident_id, by or _shell_user(getpass), "shell", note)
+    except (ConfigError, JournalError) as error:
+        raise _fail(str(error))
+    if first:
+        typer.echo(f"incident #{incident_id} ({incident.alert} on {incident.bot}) acknowledged by "
+                   f"{incident.acknowledged_by}; it will not be escalated further")
+    else:
+        typer.echo(f"incident #{incident_id} was already acknowledged by {incident.acknowledged_by} at "
+                   f"{incident.as_dict()['acknowledged_at']}; this one is kept in its actions")
+
+
+def _shell_user(getpass: Any) -> str:
+    try:
+        return str(getpass.getuser())
+    except Exception:  # noqa: BLE001 - no login name (e.g. a container without a passwd entry)
+        return "shell user"
+
+
+def _journal_if_configured(config: Optional[Path]) -> Any:
+    """The journal when a configuration is given or found, so a decision is recorded with who made it;
+    None (the run is still answered) when there is none."""
+    from runbook.journal import Journal, JournalError
+
+    path = config_path(config)
+    if config is None and not path.is_file():
+        return None
+    try:
+        return Journal(load_settings(path).journal_url)
+    except (ConfigError, JournalError) as error:
+        raise _fail(str(error))
 
 
 @analyze_app.command("trades")

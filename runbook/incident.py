@@ -7,6 +7,7 @@ artifact and a file. Flows use it so that they can read like their runbook secti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +23,11 @@ from runbook.alerts import ESCALATION_LEVELS, Alert, get_alert
 from runbook.journal import Journal, utcnow
 from runbook.redact import redact
 from runbook.settings import BotSettings, Settings, load_settings, resolve_secret
+from runbook.locks import BotBusy, bot_lock
+from runbook.policy import ApprovalGate, Decision, authorize, decided_by
+from runbook.settings import Policy
 from tasks.notify import AlertNotice, notify
+from tasks.people import post_approval_outcome, post_approval_request
 
 
 @dataclass
@@ -123,6 +128,51 @@ class IncidentRun:
         )
         notify(self.settings.slack, self.settings.journal_url, self.incident_id, notice)
 
+    # -- people in the loop -------------------------------------------------------------------------
+
+    def approval_gate(self, kind: str) -> ApprovalGate:
+        """Journal a pause for approval of `kind` (a [policy] key), ask in the thread at once, and show the
+        answer there; the decision goes into the timeline with who answered and from where."""
+        title = self.alert.title
+
+        def announce(approval: j.Approval) -> None:
+            self.note(f"paused for approval of {kind}: {approval.action}; answer by {j._iso(approval.deadline)} "
+                      f"in the Prefect UI, in Slack or with `runbook approve {approval.flow_run_id}`")
+            post_approval_request(self.settings.slack, self.settings.journal_url, approval, title)
+
+        def settled(approval: j.Approval) -> None:
+            who = decided_by(approval)
+            self.journal.record_action(
+                self.incident_id, self.bot_name, "approval",
+                self._redact(f"{kind} {approval.status}" + ("" if approval.status == j.TIMED_OUT else f" by {who}")
+                             + f": {approval.action}" + (f" ({approval.note})" if approval.note else "")),
+                ok=approval.status == j.APPROVED,
+                detail={"run": approval.flow_run_id, "by": approval.decided_by, "via": approval.decided_via,
+                        "status": approval.status})
+            post_approval_outcome(self.settings.slack, self.settings.journal_url, approval, title, who)
+
+        return ApprovalGate(self.journal, self.bot_name, kind, self.incident_id, announce, settled)
+
+    def authorize(self, kind: str, action: str, assume_yes: bool = False) -> Decision:
+        """The [policy] for `kind` (restart, kill, liquidate, zeroize, config_change) decides; `approve` pauses
+        the run and asks people where they are (see approval_gate)."""
+        policy: Policy = getattr(self.settings.policy, kind)
+        return authorize(policy, action, self.settings.policy.approval_timeout_seconds, assume_yes,
+                         gate=self.approval_gate(kind))
+
+    def under_bot_lock(self, respond: Callable[[], "Outcome"]) -> "Outcome":
+        """Run `respond` holding the bot's remediation lock; a bot another run holds (or on which a person
+        is deciding an approval) ends this run escalated, saying which run and why, having done nothing."""
+        recovery = self.settings.recovery
+        try:
+            with bot_lock(self.bot_name, recovery.lock_timeout_seconds, recovery.lock_lease_seconds,
+                          journal=self.journal):
+                return respond()
+        except BotBusy as busy:
+            return self.escalate("L1", f"{busy}; this run did nothing.",
+                                 ["check the other remediation's run in the Prefect UI (or answer its approval)"],
+                                 outcome=j.FAILED)
+
     # -- endings ---------------------------------------------------------------------------------
 
     def resolve(self, outcome: str, summary: str) -> Outcome:
@@ -138,6 +188,12 @@ class IncidentRun:
         self.tell("ESCALATED", f"{summary} Escalated to {level} ({who}).", next_steps, mention_level=level)
         return self._finish()
 
+    @property
+    def ui_url(self) -> str | None:
+        """This run's page in the Prefect UI."""
+        ui = PREFECT_UI_URL.value()
+        return f"{ui}/runs/flow-run/{self.flow_run_id}" if ui and self.flow_run_id else None
+
     def _finish(self) -> Outcome:
         incident = self.journal.get(self.incident_id)
         report = self._redact(self.render_report(incident))
@@ -147,12 +203,11 @@ class IncidentRun:
                                      description=f"Incident #{self.incident_id}: {self.alert.title}")
         except Exception as error:  # the file and the journal still hold the report
             get_run_logger().warning("could not create the incident artifact: %s", error)
-        ui = PREFECT_UI_URL.value()
         return Outcome(
             incident_id=self.incident_id, alert=self.alert.key, bot=self.bot_name, status=incident.status,
             outcome=incident.outcome or "", summary=incident.summary, report_path=str(path),
             flow_run_id=self.flow_run_id,
-            ui_url=f"{ui}/runs/flow-run/{self.flow_run_id}" if ui and self.flow_run_id else None,
+            ui_url=self.ui_url,
         )
 
     def _write_report(self, report: str) -> Path:

@@ -9,6 +9,14 @@ recorded on the open incident and closes nothing. Everything the intake cannot t
 reason; a journal that cannot be written gets 503 so the sender retries. Without a token the intake does
 not start.
 
+People answer here too:
+
+`POST /incidents/{id}/ack` (same bearer token; optional JSON body `{"by": NAME, "note": TEXT}`) acknowledges
+an incident, e.g. from a pager's webhook: the escalation ladder stops. `POST /slack/interactions` takes
+Slack's button clicks (Acknowledge, Approve, Reject), form-encoded as Slack sends them and verified with the
+app's signing secret (`slack.signing_secret`: HMAC-SHA256 over `v0:timestamp:body`, the timestamp within
+5 minutes, a signature seen before refused as a replay); anything else gets 401 and changes nothing.
+
 Responses (JSON):
   202 {"accepted": [{alertname, alert, bot, incident_id, created, status, message}], "rejected": [{alertname, reason}]}
   401 / 413 / 415 {"error": reason}
@@ -30,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from urllib.parse import parse_qsl
 from typing import Any, Literal
 
 import uvicorn
@@ -38,6 +47,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from slack_sdk.signature import SignatureVerifier
 from starlette.requests import ClientDisconnect
 
 from runbook.alerts import CATALOGUE
@@ -297,11 +307,120 @@ def create_app(settings: Settings, automated: set[str]) -> FastAPI:
     async def grafana(request: Request) -> _Json:
         return await receive(request, "grafana")
 
+    verifier = SignatureVerifier(settings.slack.signing_secret.get_secret_value()) \
+        if settings.slack.signing_secret is not None and settings.slack.signing_secret.get_secret_value().strip() \
+        else None
+    seen_signatures: dict[str, float] = {}
+    seen_lock = threading.Lock()
+
+    def replayed(signature: str) -> bool:
+        """A signature already taken within the window Slack's timestamps are valid for is a replay."""
+        now = time.time()
+        with seen_lock:
+            for old in [sig for sig, at in seen_signatures.items() if now - at > SLACK_WINDOW_SECONDS * 2]:
+                del seen_signatures[old]
+            if signature in seen_signatures:
+                return True
+            seen_signatures[signature] = now
+            return False
+
+    @app.post("/slack/interactions")
+    async def slack_interactions(request: Request) -> _Json:
+        client = request.client.host if request.client else "?"
+        if verifier is None:
+            log.warning("intake: Slack click from %s refused: no slack.signing_secret configured", client)
+            return _error(401, "Slack interactivity is not set up here (no slack.signing_secret)")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                return _error(413, f"request body larger than {limit} bytes", {"Connection": "close"})
+        timestamp = request.headers.get("x-slack-request-timestamp", "")
+        signature = request.headers.get("x-slack-signature", "")
+        try:
+            valid = bool(timestamp and signature) and verifier.is_valid(body, timestamp, signature)
+        except ValueError:  # a timestamp that is not a number
+            valid = False
+        if not valid:
+            log.warning("intake: Slack click from %s refused: missing, wrong or stale signature", client)
+            return _error(401, "invalid Slack signature (or a timestamp older than 5 minutes)")
+        if replayed(signature):
+            log.warning("intake: Slack click from %s refused: replayed signature", client)
+            return _error(401, "replayed Slack request")
+        try:
+            payload = json.loads(dict(parse_qsl(body.decode("utf-8"))).get("payload", ""))
+            action = payload["actions"][0]
+            action_id, value = str(action["action_id"]), str(action["value"])
+            user = payload.get("user") or {}
+            who = f"@{user.get('username') or user.get('name') or '?'} ({user.get('id', '?')})"
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return _error(400, "not a Slack block_actions payload with an action")
+        status, content = await run_in_threadpool(_slack_action, settings, journal, action_id, value, who)
+        return _Json(content, status_code=status)
+
+    @app.post("/incidents/{incident_id}/ack")
+    async def acknowledge(incident_id: int, request: Request) -> _Json:
+        refusal = authorised(request)
+        if refusal is not None:
+            return refusal
+        raw = await request.body()
+        try:
+            data = _parse_json(raw) if raw.strip() else {}
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            by, note = str(data.get("by") or "pager")[:_ECHO_LIMIT], str(data.get("note") or "")[:_SUMMARY_LIMIT]
+        except ValueError as error:
+            return _error(422, f"invalid JSON: {error}")
+        status, content = await run_in_threadpool(_acknowledge, settings, incident_id, by, "pager", note)
+        return _Json(content, status_code=status)
+
     @app.get("/healthz")
     async def healthz() -> _Json:
         return _Json({"ok": True})
 
     return app
+
+
+SLACK_WINDOW_SECONDS = 300
+
+
+def _acknowledge(settings: Settings, incident_id: int, by: str, via: str, note: str) -> tuple[int, dict[str, Any]]:
+    from tasks.people import acknowledge
+
+    try:
+        incident, first = acknowledge(settings, incident_id, by, via, note)
+    except JournalError as error:
+        return (404 if "no incident" in str(error) else 409), {"error": str(error)}
+    except SQLAlchemyError as error:
+        return 503, {"error": f"the incident journal is unavailable ({type(error).__name__}); retry later"}
+    text = (f"incident #{incident_id} acknowledged by {by} via {via}" if first else
+            f"incident #{incident_id} was already acknowledged by {incident.acknowledged_by}")
+    log.info("intake: %s", text)
+    return 200, {"ok": True, "incident_id": incident_id, "first": first, "text": text}
+
+
+def _slack_action(settings: Settings, get_journal: Callable[[], Journal], action_id: str, value: str,
+                  who: str) -> tuple[int, dict[str, Any]]:
+    """A verified click: Acknowledge an incident, or Approve / Reject a paused run."""
+    from runbook.policy import ApprovalError, answer_approval
+    from tasks.notify import ACK_ACTION, APPROVE_ACTION, REJECT_ACTION
+
+    if action_id == ACK_ACTION:
+        try:
+            incident_id = int(value)
+        except ValueError:
+            return 400, {"error": f"not an incident id: {_echo(value)!r}"}
+        return _acknowledge(settings, incident_id, who, "slack", "")
+    if action_id in (APPROVE_ACTION, REJECT_ACTION):
+        approve = action_id == APPROVE_ACTION
+        try:
+            answer_approval(get_journal(), value, approve, who, "slack")
+        except ApprovalError as error:
+            return 409, {"error": str(error)}
+        text = f"{'approved' if approve else 'rejected'} by {who} via Slack: flow run {value}"
+        log.info("intake: %s", text)
+        return 200, {"ok": True, "text": text}
+    return 400, {"error": f"unknown action {_echo(action_id)!r}"}
 
 
 def _reject_constant(name: str) -> Any:

@@ -84,6 +84,11 @@ class Incident(Base):
     triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     slack_channel: Mapped[str | None] = mapped_column(String(64), nullable=True)
     slack_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # A person's acknowledgement (`runbook ack`, the Slack button, a pager's webhook): it stops the
+    # escalation ladder. The first one counts; later ones are kept as actions.
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    acknowledged_via: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # Unresolved incidents carry their (alert, bot) here; resolved ones NULL, so the unique index
     # below allows one unresolved incident per pair on every database (NULLs never collide).
     open_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
@@ -110,6 +115,9 @@ class Incident(Base):
             "escalation_level": self.escalation_level,
             "flow_run_id": self.flow_run_id,
             "event_id": self.event_id,
+            "acknowledged_at": _iso(self.acknowledged_at),
+            "acknowledged_by": self.acknowledged_by,
+            "acknowledged_via": self.acknowledged_via,
         }
 
 
@@ -155,6 +163,42 @@ class Notification(Base):
 
 Index("ix_actions_bot_step_at", Action.bot, Action.step, Action.at)
 
+# Approval states: a run paused and waiting for a person, then how it ended.
+WAITING, APPROVED, REJECTED, TIMED_OUT = "waiting", "approved", "rejected", "timed-out"
+
+
+class Approval(Base):
+    """A flow run paused for a person's yes to one destructive action (policy `approve`), and the answer:
+    who decided, from where (Prefect UI, shell, Slack) and when."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    flow_run_id: Mapped[str] = mapped_column(String(64), index=True)
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"), nullable=True, index=True)
+    bot: Mapped[str] = mapped_column(String(128), index=True)
+    # The policy it answers (restart, kill, liquidate, zeroize, config_change) and what will be done.
+    kind: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deadline: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16), default=WAITING, index=True)
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # ui | shell | slack (None until decided; the run fills in "ui" when nobody else said who answered)
+    decided_via: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ui_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    slack_channel: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    slack_ts: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "flow_run_id": self.flow_run_id, "incident_id": self.incident_id, "bot": self.bot,
+                "kind": self.kind, "action": self.action, "requested_at": _iso(self.requested_at),
+                "deadline": _iso(self.deadline), "status": self.status, "decided_at": _iso(self.decided_at),
+                "decided_by": self.decided_by, "decided_via": self.decided_via, "note": self.note,
+                "link": self.ui_url}
+
 
 class BalanceHigh(Base):
     """An all-time balance high of a bot, as the new-balance-high flow confirmed and recorded it."""
@@ -185,7 +229,7 @@ class BalanceHigh(Base):
 
 # The columns the weekly KPIs read (reports/weekly.py), in this order.
 KPI_COLUMNS = ("id", "alert", "bot", "severity", "status", "outcome", "fired_at", "response_started_at",
-               "resolved_at", "repeat_count")
+               "resolved_at", "repeat_count", "acknowledged_at")
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -338,6 +382,106 @@ class Journal:
             incident.summary = summary
             incident.escalation_level = level
 
+    def acknowledge(self, incident_id: int, by: str, via: str, note: str = "") -> tuple[Incident, bool]:
+        """A person has taken the incident: the escalation ladder stops, and (KPI definitions) the response
+        has started if nothing had started it yet. The first acknowledgement counts; a later one is kept as
+        an action. Returns the incident and whether this acknowledgement was the first."""
+        now = utcnow()
+        with self._session() as session:
+            incident = _require(session, incident_id)
+            if incident.status == RESOLVED:
+                raise JournalError(f"incident #{incident_id} is already resolved ({incident.outcome})")
+            first = incident.acknowledged_at is None
+            if first:
+                incident.acknowledged_at, incident.acknowledged_by, incident.acknowledged_via = now, by, via
+                if incident.response_started_at is None:
+                    incident.response_started_at = now
+            text = (f"acknowledged by {by} via {via}" + ("" if first else
+                    f" (already acknowledged by {incident.acknowledged_by} at {_iso(incident.acknowledged_at)})")
+                    + (f": {note}" if note else ""))
+            session.add(Action(incident_id=incident_id, bot=incident.bot, at=now, step="acknowledge",
+                               description=text, detail=json.dumps({"by": by, "via": via, "note": note})))
+        return incident, first
+
+    # -- approvals -------------------------------------------------------------------------------
+
+    def open_approval(self, flow_run_id: str, bot: str, kind: str, action: str, deadline: datetime, *,
+                      incident_id: int | None = None, ui_url: str | None = None) -> Approval:
+        with self._session() as session:
+            approval = Approval(flow_run_id=flow_run_id, incident_id=incident_id, bot=bot, kind=kind, action=action,
+                                requested_at=utcnow(), deadline=deadline, status=WAITING, ui_url=ui_url)
+            session.add(approval)
+        return approval
+
+    def get_approval(self, approval_id: int) -> Approval:
+        with self._session() as session:
+            approval = session.get(Approval, approval_id)
+            if approval is None:
+                raise JournalError(f"no approval #{approval_id}")
+            return approval
+
+    def update_approval(self, approval_id: int, **fields: Any) -> None:
+        with self._session() as session:
+            approval = session.get(Approval, approval_id)
+            if approval is None:
+                raise JournalError(f"no approval #{approval_id}")
+            for name, value in fields.items():
+                setattr(approval, name, value)
+
+    def waiting_approvals(self, *, bot: str | None = None, flow_run_id: str | None = None) -> list[Approval]:
+        """Runs paused for a person now, oldest first."""
+        # A run that died while paused never settles its approval: past its deadline it waits for nobody.
+        query = (select(Approval).where(Approval.status == WAITING, Approval.deadline > utcnow() - timedelta(seconds=30))
+                 .order_by(Approval.requested_at, Approval.id))
+        if bot:
+            query = query.where(Approval.bot == bot)
+        if flow_run_id:
+            query = query.where(Approval.flow_run_id == flow_run_id)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def claim_decision(self, flow_run_id: str, by: str, via: str) -> tuple[Approval | None, bool]:
+        """Say who is answering the waiting approval of this run, before the run is resumed, so that the run
+        journals the right person and place. Returns the approval (None: the run waits for none) and whether
+        this caller holds the claim (False: someone else is answering it right now)."""
+        with self._session() as session:
+            approval = session.scalars(select(Approval).where(Approval.flow_run_id == flow_run_id,
+                                                              Approval.status == WAITING)
+                                       .order_by(Approval.id.desc())).first()
+            if approval is None:
+                return None, False
+            claimed = session.execute(
+                update(Approval).where(Approval.id == approval.id, Approval.decided_via.is_(None))
+                .values(decided_by=by, decided_via=via)).rowcount == 1
+            session.refresh(approval)
+            return approval, claimed
+
+    def release_claim(self, approval_id: int) -> None:
+        """The resume failed: the claim goes, so the answer that does come is not put on the wrong person."""
+        with self._session() as session:
+            session.execute(update(Approval).where(Approval.id == approval_id, Approval.status == WAITING)
+                            .values(decided_by=None, decided_via=None))
+
+    def settle_approval(self, approval_id: int, status: str, note: str = "") -> Approval:
+        """The run got its answer (or timed out): record it; an answer nobody claimed came from the UI form."""
+        with self._session() as session:
+            approval = session.get(Approval, approval_id)
+            if approval is None:
+                raise JournalError(f"no approval #{approval_id}")
+            approval.status, approval.decided_at, approval.note = status, utcnow(), note or None
+            if status == TIMED_OUT:
+                approval.decided_by = approval.decided_via = None
+            elif approval.decided_via is None:
+                approval.decided_via, approval.decided_by = "ui", "Prefect UI user"
+            return approval
+
+    def approvals(self, *, limit: int | None = None) -> list[Approval]:
+        query = select(Approval).order_by(Approval.id.desc())
+        if limit:
+            query = query.limit(limit)
+        with self._session() as session:
+            return list(session.scalars(query))
+
     def incidents(self, *, open_only: bool = False, alert: str | None = None, bot: str | None = None,
                   since: datetime | None = None, limit: int | None = None) -> list[Incident]:
         query = select(Incident).order_by(Incident.fired_at.desc(), Incident.id.desc())
@@ -405,7 +549,7 @@ class Journal:
         Times come as the database hands them over (naive UTC: text on SQLite, datetimes elsewhere), unconverted:
         100 000 incidents are parsed at once by pandas (reports/weekly.py), not one by one here."""
         table = Incident.__table__
-        raw = {"fired_at", "response_started_at", "resolved_at"}
+        raw = {"fired_at", "response_started_at", "resolved_at", "acknowledged_at"}
         query = (select(*(type_coerce(table.c[name], String).label(name) if name in raw else table.c[name]
                           for name in KPI_COLUMNS))
                  .where(table.c.fired_at < end,

@@ -125,6 +125,9 @@ class SlackSettings(Section):
     channel: str = "#trading-alerts"
     stakeholder_channel: str = "#trading-status"
     timeout_seconds: float = 10.0
+    # Slack's signing secret of the app (Basic Information > App Credentials): the intake's
+    # POST /slack/interactions takes only clicks signed with it. None: Slack's buttons are refused (401).
+    signing_secret: SecretStr | None = None
     # Who each escalation level pages: Slack mentions such as "<@U123>" or "@oncall".
     escalation: dict[str, str] = {
         "L1": "@oncall-primary",
@@ -190,9 +193,29 @@ class WatchSettings(Section):
         "insufficient-balance": r"insufficient balance",
     }
     escalate: bool = True
+    # When the watcher pages each level of the escalation path, in seconds from the incident's firing, unless
+    # a person acknowledged it (`runbook ack`). Unset: L1 at the alert's response target (5 min CRITICAL,
+    # 30 min WARNING), L2..L4 at the runbook's "Escalation Path" (15 min, 1 h, 4 h), never before L1.
+    escalation_after_seconds: dict[str, float | None] = {"L1": None, "L2": None, "L3": None, "L4": None}
     # How often `runbook serve` asks the server for triggered runs (Prefect's default is 10 s,
     # which would add up to 10 s to every remediation's start).
     runner_poll_seconds: float = Field(1.0, gt=0)
+
+
+    @field_validator("escalation_after_seconds")
+    @classmethod
+    def _ladder(cls, value: dict[str, float | None]) -> dict[str, float | None]:
+        unknown = set(value) - {"L1", "L2", "L3", "L4"}
+        if unknown:
+            raise ValueError(f"levels must be L1..L4, not {sorted(unknown)}")
+        if any(seconds is not None and seconds < 0 for seconds in value.values()):
+            raise ValueError("escalation times are seconds >= 0")
+        merged = {"L1": None, "L2": None, "L3": None, "L4": None, **value}
+        times = [merged[level] for level in ("L2", "L3", "L4")]
+        if any(later is not None and earlier is not None and later < earlier
+               for earlier, later in zip(times, times[1:])):
+            raise ValueError("each level must come no earlier than the one before (L2 <= L3 <= L4)")
+        return merged
 
 
 class IntakeSettings(Section):

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
@@ -79,6 +80,19 @@ class BotState:
     latency_totals: tuple[float, float] | None = None
     balance_high: float | None = None
     patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
+
+
+def _level_after(level: str, runbook_after: timedelta, configured: float | None,
+                 response_target: timedelta) -> timedelta:
+    """When `level` is paged: configured seconds, else L1 at the alert's response target, else the runbook's."""
+    if configured is not None:
+        return timedelta(seconds=configured)
+    return response_target if level == "L1" else max(runbook_after, response_target)
+
+
+def _span(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 class Watcher:
@@ -214,22 +228,27 @@ class Watcher:
         return firing
 
     def escalate_once(self) -> list[str]:
-        """Page the next level for every incident still open past its response target; once per level."""
+        """Page the next level for every incident still open past its level's time; once per level.
+
+        An incident a person acknowledged stops climbing: someone has it."""
         done = []
         now = utcnow()
+        ladder = self.settings.watch.escalation_after_seconds
         for incident in self.journal.incidents(open_only=True):
             alert = CATALOGUE.get(incident.alert)
-            if alert is None or alert.response_target is None:
+            if alert is None or alert.response_target is None or incident.acknowledged_at is not None:
                 continue
             open_for = now - incident.fired_at
-            if open_for < alert.response_target:
+            due = [name for name, _, after in ESCALATION_LEVELS
+                   if open_for >= _level_after(name, after, ladder.get(name), alert.response_target)]
+            if not due:
                 continue
-            level = max((name for name, _, after in ESCALATION_LEVELS if open_for >= after), key=_LEVEL_RANK.get)
+            level = max(due, key=_LEVEL_RANK.get)
             if incident.escalation_level and _LEVEL_RANK[incident.escalation_level] >= _LEVEL_RANK[level]:
                 continue
             role = dict((name, role) for name, role, _ in ESCALATION_LEVELS)[level]
-            minutes = open_for.total_seconds() / 60
-            text = f"still open after {minutes:.0f} min (target {alert.response_target.total_seconds() / 60:.0f} min): escalated to {level} ({role})"
+            text = (f"still open and not acknowledged after {_span(open_for)} (target {_span(alert.response_target)}): "
+                    f"escalated to {level} ({role})")
             self.journal.update(incident.id, escalation_level=level)
             self.journal.record_action(incident.id, incident.bot, "escalate", text)
             notice = AlertNotice(

@@ -221,6 +221,7 @@ def _start(directory: Path, seed: int, startup_seconds: float) -> SandboxInfo:
     master = Account.create().address.lower()
     agent = Account.create()
     token = f"xoxb-sandbox-{secrets.token_hex(12)}"
+    signing_secret = secrets.token_hex(16)
     state: dict[str, Any] = {
         "directory": str(directory), "created_at": _now(), "seed": seed, "python": sys.executable,
         "ports": {"exchange": exchange_port, "slack": slack_port, "health": health_port, "metrics": metrics_port,
@@ -235,7 +236,8 @@ def _start(directory: Path, seed: int, startup_seconds: float) -> SandboxInfo:
         cwd=directory, output=directory / "logs" / "exchange.log")
     state["pids"]["slack"] = _launch(
         [sys.executable, "-m", MODULES["slack"], "--port", str(slack_port), "--state-dir", str(directory / "slack"),
-         "--faults", str(faults_file), "--token", token,
+         "--faults", str(faults_file), "--token", token, "--signing-secret", signing_secret,
+         "--interactivity-url", f"http://127.0.0.1:{intake_port}/slack/interactions",
          "--channel", ALERT_CHANNEL.lstrip("#"), "--channel", STATUS_CHANNEL.lstrip("#")],
         cwd=directory, output=directory / "logs" / "slack.log")
     _write_state(directory, state)
@@ -252,7 +254,8 @@ def _start(directory: Path, seed: int, startup_seconds: float) -> SandboxInfo:
     key_file = home / "config" / "agent_key.json"
     _write_private(key_file, json.dumps({"address": agent.address.lower(), "private_key": "0x" + bytes(agent.key).hex()}))
     _write_bot_config(home, state, faults_file, startup_seconds)
-    _write_private(directory / "runbook.toml", _runbook_toml(directory, state, token, secrets.token_urlsafe(24)))
+    _write_private(directory / "runbook.toml", _runbook_toml(directory, state, token, secrets.token_urlsafe(24),
+                                                                 signing_secret))
 
     start_bot(directory)
     state = _require_state(directory)
@@ -283,7 +286,7 @@ def _write_bot_config(home: Path, state: dict[str, Any], faults_file: Path, star
     (home / "config" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_token: str) -> str:
+def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_token: str, signing_secret: str) -> str:
     """The runbook's configuration for this sandbox (see runbook/settings.py for every key)."""
     home = directory / "bot"
     urls = state["urls"]
@@ -295,6 +298,8 @@ def _runbook_toml(directory: Path, state: dict[str, Any], token: str, intake_tok
         "",
         "[slack]",
         f"token = {q(token)}",
+        "# The local Slack signs button clicks with this and sends them to the intake's /slack/interactions.",
+        f"signing_secret = {q(signing_secret)}",
         f"base_url = {q(urls['slack'])}",
         f"channel = {q(ALERT_CHANNEL)}",
         f"stakeholder_channel = {q(STATUS_CHANNEL)}",

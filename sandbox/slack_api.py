@@ -5,12 +5,18 @@ including `files_upload_v2` (the upload URL it hands out points back at this ser
 failed ones included, is appended to `STATE_DIR/messages.jsonl`, and uploaded files are kept under
 `STATE_DIR/files/`, so tests and drills can assert on exactly what on-call would have seen.
 
-Run: `python -m sandbox.slack_api --port P --state-dir D --faults F --token T --channel NAME ...`.
+Like a real Slack app with interactivity turned on, it can deliver a person's click on a message's
+button to the configured Request URL, signed with the app's signing secret (`POST /_sandbox/click`):
+tests press Acknowledge / Approve / Reject through the same signed path Slack uses.
+
+Run: `python -m sandbox.slack_api --port P --state-dir D --faults F --token T --channel NAME ...
+[--signing-secret S --interactivity-url URL]`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import shutil
@@ -20,7 +26,9 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -305,7 +313,24 @@ class SlackWorkspace:
         return {}
 
 
-def create_app(state_dir: Path, faults_file: Path, token: str, channels: list[str]) -> FastAPI:
+def sign(secret: str, timestamp: int, body: str) -> str:
+    """Slack's request signature: v0=HMAC-SHA256(secret, "v0:{timestamp}:{body}")."""
+    return "v0=" + hmac.new(secret.encode(), f"v0:{timestamp}:{body}".encode(), hashlib.sha256).hexdigest()
+
+
+def find_button(message: JsonDict, action_id: str) -> tuple[str | None, JsonDict] | None:
+    """(block_id, button) of the message's button with this action id."""
+    for block in message.get("blocks") or []:
+        if not isinstance(block, dict) or block.get("type") != "actions":
+            continue
+        for element in block.get("elements") or []:
+            if isinstance(element, dict) and element.get("action_id") == action_id:
+                return block.get("block_id"), element
+    return None
+
+
+def create_app(state_dir: Path, faults_file: Path, token: str, channels: list[str], signing_secret: str | None = None,
+               interactivity_url: str | None = None) -> FastAPI:
     """Build the ASGI app serving `POST /api/<method>` plus `/_sandbox/*` inspection endpoints."""
     faults = FaultBoard(Path(faults_file))
     workspace = SlackWorkspace(Path(state_dir), token, channels)
@@ -421,6 +446,66 @@ def create_app(state_dir: Path, faults_file: Path, token: str, channels: list[st
         workspace.record(entry)
         return PlainTextResponse(f"OK - {len(data)}")
 
+    interactivity = {"url": interactivity_url, "secret": signing_secret}
+
+    @app.post("/_sandbox/interactivity")
+    async def configure_interactivity(request: Request) -> Response:
+        """Set the Request URL (and signing secret) clicks go to, as on the app's Interactivity page."""
+        body = await request.json()
+        for key in ("url", "secret"):
+            if body.get(key):
+                interactivity[key] = str(body[key])
+        return JSONResponse({"ok": True, "url": interactivity["url"]})
+
+    @app.post("/_sandbox/click")
+    async def click(request: Request) -> Response:
+        """A person clicks a button: `{"action_id", "ts"?, "channel"?, "user_id"?, "user_name"?}`. The newest
+        message carrying that button is clicked unless `ts` names one. The signed request goes to the
+        Request URL; the answer, and the request as sent (to replay or tamper with in tests), come back."""
+        body = await request.json()
+        action_id = str(body.get("action_id") or "")
+        if not interactivity["url"] or not interactivity["secret"]:
+            return JSONResponse({"ok": False, "error": "interactivity_not_configured"}, status_code=409)
+        with workspace._lock:
+            candidates = sorted(workspace.messages.items(), key=lambda item: item[0][1], reverse=True)
+        found = None
+        for (channel, ts), message in candidates:
+            if body.get("ts") and ts != str(body["ts"]):
+                continue
+            button = find_button(message, action_id)
+            if button is not None:
+                found = channel, ts, message, button
+                break
+        if found is None:
+            return JSONResponse({"ok": False, "error": "button_not_found"}, status_code=404)
+        channel, ts, message, (block_id, button) = found
+        user = {"id": str(body.get("user_id") or "U0ONCALL1"), "username": str(body.get("user_name") or "oncall"),
+                "name": str(body.get("user_name") or "oncall"), "team_id": TEAM_ID}
+        payload = {
+            "type": "block_actions", "user": user, "api_app_id": "A0SANDBOX", "team": {"id": TEAM_ID, "domain": "sandbox"},
+            "container": {"type": "message", "message_ts": ts, "channel_id": channel, "is_ephemeral": False},
+            "trigger_id": uuid.uuid4().hex, "channel": {"id": channel, "name": workspace.channels.get(channel)},
+            "message": {k: v for k, v in message.items() if k != "reactions"},
+            "response_url": f"{str(request.base_url).rstrip('/')}/_sandbox/respond/{uuid.uuid4().hex}",
+            "actions": [{"type": "button", "action_id": action_id, "block_id": block_id, "text": button.get("text"),
+                         "value": button.get("value"), "style": button.get("style"), "action_ts": f"{time.time():.6f}"}],
+        }
+        form = urlencode({"payload": json.dumps(payload)})
+        stamp = int(time.time())
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "X-Slack-Request-Timestamp": str(stamp),
+                   "X-Slack-Signature": sign(interactivity["secret"], stamp, form)}  # type: ignore[arg-type]
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                answer = await client.post(interactivity["url"], content=form, headers=headers)  # type: ignore[arg-type]
+            status, text = answer.status_code, answer.text
+        except httpx.HTTPError as error:
+            status, text = 0, f"{type(error).__name__}: {error}"
+        workspace.record({"method": "interaction", "channel": channel, "ts": ts, "text": None, "blocks": None,
+                          "thread_ts": message.get("thread_ts"), "args": {"action_id": action_id, "user": user["id"]},
+                          "time": time.time(), "status": status, "ok": 200 <= status < 300, "error": None})
+        return JSONResponse({"ok": 200 <= status < 300, "status": status, "response": text,
+                             "request": {"url": interactivity["url"], "body": form, "headers": headers}})
+
     @app.get("/_sandbox/messages")
     async def messages(method: str | None = None) -> Response:
         return JSONResponse(workspace.read_log(method))
@@ -441,8 +526,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = common_arguments("Local Slack Web API (sandbox)")
     parser.add_argument("--token", required=True, help="the only bot token accepted")
     parser.add_argument("--channel", action="append", default=[], help="channel name (repeatable)")
+    parser.add_argument("--signing-secret", default=None, help="the app's signing secret (signs clicks)")
+    parser.add_argument("--interactivity-url", default=None, help="where clicks are delivered (the Request URL)")
     args = parser.parse_args(argv)
-    app = create_app(args.state_dir, args.faults, token=args.token, channels=args.channel)
+    app = create_app(args.state_dir, args.faults, token=args.token, channels=args.channel,
+                     signing_secret=args.signing_secret, interactivity_url=args.interactivity_url)
     serve(app, host=args.host, port=args.port, log_level=args.log_level)
 
 

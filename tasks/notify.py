@@ -8,10 +8,11 @@ reason, and the flow goes on.
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-
-import logging
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.exceptions import MissingContextError
@@ -87,8 +88,47 @@ def notify(settings: SlackSettings, journal_url: str, incident_id: int, notice: 
     return post_notice(settings, journal_url, incident_id, notice)
 
 
+# Slack action ids of the buttons; the intake's POST /slack/interactions dispatches on them.
+ACK_ACTION, APPROVE_ACTION, REJECT_ACTION = "runbook_ack", "runbook_approve", "runbook_reject"
+# Statuses whose message carries the Acknowledge button (a person may still need to take the incident).
+_ACKABLE = ("OPEN", "INVESTIGATING", "ESCALATED")
+_SECTION_LIMIT = 3000  # Slack's limit on a section block's text
+
+
+def text_sections(text: str) -> list[dict[str, Any]]:
+    chunks = [text[i:i + _SECTION_LIMIT] for i in range(0, len(text), _SECTION_LIMIT)][:40] or [" "]
+    return [{"type": "section", "text": {"type": "mrkdwn", "text": chunk}} for chunk in chunks]
+
+
+def button(text: str, action_id: str, value: str, style: str | None = None) -> dict[str, Any]:
+    button: dict[str, Any] = {"type": "button", "text": {"type": "plain_text", "text": text}, "action_id": action_id,
+                              "value": value}
+    if style:
+        button["style"] = style
+    return button
+
+
 def post_notice(settings: SlackSettings, journal_url: str, incident_id: int, notice: AlertNotice) -> bool:
-    """Post `notice` in the incident's thread. Returns whether Slack took it; never raises."""
+    """Post `notice` in the incident's thread. Returns whether Slack took it; never raises.
+
+    While the incident is not acknowledged, the message carries an Acknowledge button."""
+    incident = Journal(journal_url).get(incident_id)
+    text = notice.render()
+    blocks = None
+    if notice.status in _ACKABLE and incident.acknowledged_at is None:
+        blocks = text_sections(text) + [{"type": "actions", "block_id": f"incident-{incident_id}", "elements": [
+            button("Acknowledge", ACK_ACTION, str(incident_id), "primary")]}]
+    root = (f"[{notice.status}] [ALERT] Trading Bot - {notice.alert_type} "
+            f"(incident #{incident_id}, bot {incident.bot})")
+    return post_in_thread(settings, journal_url, incident_id, notice.status, text, blocks=blocks,
+                          root_text=root) is not None
+
+
+def post_in_thread(settings: SlackSettings, journal_url: str, incident_id: int, status_line: str, text: str, *,
+                   blocks: list[dict[str, Any]] | None = None, root_text: str | None = None) -> tuple[str, str] | None:
+    """Post in the incident's thread (its first message opens it); `root_text` also updates the thread's
+    first message. Journaled as a notification either way. Returns (channel, ts), or None when Slack did not
+    take it; never raises."""
     logger = _logger()
     journal = Journal(journal_url)
     token = None
@@ -96,37 +136,40 @@ def post_notice(settings: SlackSettings, journal_url: str, incident_id: int, not
         token = resolve_secret(settings.token, settings.token_block)
     except Exception as error:  # a missing Secret block must not stop the remediation
         logger.warning("Slack token unavailable: %s", _reason(error))
-    text = redact(notice.render(), [token])
+    text = redact(text, [token])
+    if blocks is not None:
+        blocks = json.loads(redact(json.dumps(blocks), [token]))
     incident = journal.get(incident_id)
     channel = incident.slack_channel or settings.channel
     if not token:
-        journal.record_notification(incident_id, channel, notice.status, text, delivered=False,
+        journal.record_notification(incident_id, channel, status_line, text, delivered=False,
                                     error="Slack is not configured (no token)")
-        logger.warning("Slack not configured; notification %s kept in the journal", notice.status)
-        return False
+        logger.warning("Slack not configured; notification %s kept in the journal", status_line)
+        return None
     client = slack_client(settings)
     assert client is not None
     try:
         if incident.slack_ts:
-            reply = client.chat_postMessage(channel=incident.slack_channel, text=text, thread_ts=incident.slack_ts)
-            root_text = redact(f"[{notice.status}] [ALERT] Trading Bot - {notice.alert_type} "
-                               f"(incident #{incident_id}, bot {incident.bot})", [token])
-            try:
-                client.chat_update(channel=incident.slack_channel, ts=incident.slack_ts, text=root_text)
-            except SlackApiError as error:  # the reply is what matters; the status line is a nicety
-                logger.warning("could not update the thread's first message: %s", _reason(error))
+            reply = client.chat_postMessage(channel=incident.slack_channel, text=text, blocks=blocks,
+                                            thread_ts=incident.slack_ts)
+            if root_text:
+                try:
+                    client.chat_update(channel=incident.slack_channel, ts=incident.slack_ts,
+                                       text=redact(root_text, [token]))
+                except SlackApiError as error:  # the reply is what matters; the status line is a nicety
+                    logger.warning("could not update the thread's first message: %s", _reason(error))
             ts = reply["ts"]
         else:
-            reply = client.chat_postMessage(channel=channel, text=text)
+            reply = client.chat_postMessage(channel=channel, text=text, blocks=blocks)
             ts = reply["ts"]
             journal.update(incident_id, slack_channel=reply["channel"], slack_ts=ts)
     except Exception as error:
         reason = _reason(error)
-        journal.record_notification(incident_id, channel, notice.status, text, delivered=False, error=reason)
-        logger.warning("Slack notification %s not delivered (%s); kept in the journal", notice.status, reason)
-        return False
-    journal.record_notification(incident_id, channel, notice.status, text, delivered=True, ts=ts)
-    return True
+        journal.record_notification(incident_id, channel, status_line, text, delivered=False, error=reason)
+        logger.warning("Slack notification %s not delivered (%s); kept in the journal", status_line, reason)
+        return None
+    journal.record_notification(incident_id, channel, status_line, text, delivered=True, ts=ts)
+    return str(reply["channel"]), str(ts)
 
 
 # -- reports: a file into the channel -----------------------------------------------------------

@@ -14,7 +14,6 @@ from datetime import timedelta
 from prefect import task
 
 from runbook.incident import IncidentRun, Outcome
-from runbook.policy import authorize
 from runbook.settings import BotSettings
 from tasks import NO_CACHE_POLICY
 from tasks.probes import probe_health_once, read_metrics_once
@@ -96,7 +95,7 @@ def guarded_restart(run: IncidentRun, process: BotProcess | None, condition: str
                             ["find the root cause in the error log before restarting", "restart by hand when safe"])
 
     what = what or restart_description(run, process)
-    decision = authorize(run.settings.policy.restart, what, run.settings.policy.approval_timeout_seconds)
+    decision = run.authorize("restart", what)
     run.note(decision.how)
     if not decision.allowed:
         run.act("restart", f"not restarted: {decision.how}", ok=False, dry_run=decision.dry_run)

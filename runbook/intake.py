@@ -596,7 +596,8 @@ class IntakeServer:
         self.port = bound_port
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}"
-        log.info("intake listening on %s (POST /alerts/alertmanager, POST /alerts/grafana)", self.url)
+        log.info("intake listening on %s (POST /alerts/alertmanager, /alerts/grafana, /incidents/ID/ack, "
+                 "/slack/interactions)", self.url)
         return self.url
 
     @property

@@ -472,7 +472,7 @@ class Journal:
             if status == TIMED_OUT:
                 approval.decided_by = approval.decided_via = None
             elif approval.decided_via is None:
-                approval.decided_via, approval.decided_by = "ui", "Prefect UI user"
+                approval.decided_via, approval.decided_by = "ui", "a person"
             return approval
 
     def approvals(self, *, limit: int | None = None) -> list[Approval]:

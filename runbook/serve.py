@@ -40,7 +40,8 @@ def serve_all(config: Path, *, watch: bool = True, intake: bool = True) -> None:
         intake_server = IntakeServer(settings, automated)
         url = intake_server.start()
         if url:
-            print(f"intake listening on {url} (POST /alerts/alertmanager, /alerts/grafana)", flush=True)
+            print(f"intake listening on {url} (POST /alerts/alertmanager, /alerts/grafana, /incidents/ID/ack, "
+                  "/slack/interactions)", flush=True)
     for thread in threads:
         thread.start()
     print(f"serving {len(deployments)} deployment(s): {', '.join(sorted(automated))}; "

@@ -6,6 +6,7 @@ guard and the journal start empty.
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import sys
@@ -198,7 +199,8 @@ def test_approval_policy_waits_for_a_person(sandbox: Path, monkeypatch: pytest.M
             time.sleep(0.5)
     assert paused is not None, "the run never paused for approval"
     assert locate_bot(bot_settings(sandbox)) is None  # nothing happened while waiting
-    cli = run_cli("approve", str(paused.id), *(["--reject"] if answer == "reject" else []), "--note", "test")
+    cli = run_cli("approve", str(paused.id), *(["--reject"] if answer == "reject" else []), "--note", "test",
+                  "--config", str(config_of(sandbox)))
     assert cli.returncode == 0, cli.stderr
     worker.join(timeout=120)
     outcome = result["outcome"]
@@ -206,7 +208,7 @@ def test_approval_policy_waits_for_a_person(sandbox: Path, monkeypatch: pytest.M
         assert outcome.outcome == j.AUTO_RESOLVED and health_code(sandbox) == 200
     else:
         assert outcome.status == j.ESCALATED and locate_bot(bot_settings(sandbox)) is None
-        assert "rejected by a person (test)" in outcome.summary
+        assert f"rejected by {getpass.getuser()} via the shell (test)" in outcome.summary
 
 
 def test_a_bot_stopped_on_purpose_stays_down_until_a_person_releases_it(sandbox: Path) -> None:

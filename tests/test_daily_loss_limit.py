@@ -8,6 +8,7 @@ same bot. The test that stops the bot runs last.
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -146,7 +147,8 @@ def test_config_change_waits_for_approval(tripped: Path, monkeypatch: pytest.Mon
     paused = _wait_paused("daily-loss-limit")
     assert paused is not None, "the run never paused for approval"
     assert bot_json(tripped).read_text() == old_text and backups(tripped) == []  # nothing before the answer
-    cli = run_cli("approve", str(paused.id), *(["--reject"] if answer == "reject" else []), "--note", "test")
+    cli = run_cli("approve", str(paused.id), *(["--reject"] if answer == "reject" else []), "--note", "test",
+                  "--config", str(config_of(tripped)))
     assert cli.returncode == 0, cli.stderr
     worker.join(timeout=120)
     outcome = result["outcome"]
@@ -178,12 +180,12 @@ def test_config_change_waits_for_approval(tripped: Path, monkeypatch: pytest.Mon
         assert backup.read_text() == old_text
         assert actions == [("config-change", True, False)]
         action = incident.actions[0]
-        assert "approved by a person (test)" in action.description and backup.name in action.description
+        assert f"approved by {getpass.getuser()} via the shell (test)" in action.description and backup.name in action.description
         assert json.loads(action.detail)["backup"] == str(backup)
     else:
         assert bot_json(tripped).read_text() == old_text and backups(tripped) == []
         assert actions == [("config-change", False, False)]
-        assert "rejected by a person (test)" in outcome.summary
+        assert f"rejected by {getpass.getuser()} via the shell (test)" in outcome.summary
 
 
 def test_dry_run_policy_changes_nothing(tripped: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -163,9 +163,9 @@ def test_pdf_prints_the_computed_figures(tmp_path: Path) -> None:
         "Incidents 8", "MTTR critical (target 5 min) 1 min 30 s", "MTTR warning (target 30 min) 25 min",
         "False-positive rate (target < 5 %) 28.57 %", "Uptime (target > 99.9 %) 99.653 %", "MTBF 2 d 7 h",
         "Recovery worst / median (RTO 10 min) 15 min / 11 min 30 s", "Auto-resolution rate 28.57 %",
-        # by severity: count, MTTR mean, median, p90, target, met, resolve mean
-        "CRITICAL 3 1 min 30 s 1 min 30 s 1 min 54 s 5 min yes 7 min",
-        "WARNING 3 25 min 25 min 37 min 30 min yes 45 min",
+        # by severity: count, MTTR mean, median, p90, target, met, ack median, p90, met, resolve mean
+        "CRITICAL 3 1 min 30 s 1 min 30 s 1 min 54 s 5 min yes n/a n/a n/a 7 min",
+        "WARNING 3 25 min 25 min 37 min 30 min yes n/a n/a n/a 45 min",
         "Recovery time, worst 15 min ≤ 10 min (RTO) NO", "Uptime 99.653 % > 99.9 % NO",
         "Alerts per day by severity", "Mean time to response per alert against its target",
         "MTBF (period - downtime) / number of crash-recovery",
@@ -272,3 +272,33 @@ start_command = ["true"]
                                           sort=ArtifactSort.CREATED_DESC, limit=1)
     assert artifacts and str(pdf) in artifacts[0].data and "| False-positive rate (target < 5 %) | 28.57 % |" in \
         artifacts[0].data
+
+
+def test_time_to_acknowledge_per_severity_beside_the_response_time(tmp_path: Path) -> None:
+    """People's acknowledgements (runbook ack, the Slack button, a pager) from a real journal: median and p90
+    per severity against the same targets as MTTR; incidents nobody acknowledged are left out."""
+    acknowledged = {2: "2026-11-17T10:03:00Z", 8: "2026-11-20T09:09:00Z", 4: "2026-11-22T23:56:00Z",  # 180, 540, 60 s
+                    5: "2026-11-18T12:20:00Z", 6: "2026-11-18T13:50:00Z"}  # 1 200, 3 000 s
+    journal = Journal(f"sqlite:///{tmp_path}/journal.db")
+    fill_journal(journal, INCIDENTS)
+    for row in journal.incidents():
+        at = next((when for i, when in acknowledged.items() if INCIDENTS[[x["id"] for x in INCIDENTS].index(i)]
+                   ["fired_at"] == row.as_dict()["fired_at"]), None)
+        if at:
+            journal.update(row.id, acknowledged_at=datetime.fromisoformat(at.replace("Z", "+00:00")),
+                           acknowledged_by="alice")
+    frame, warnings = incidents_frame(journal.kpi_columns(START, END), strict=False)
+    assert not warnings
+    report = analyze(frame, START, END, now=END + timedelta(days=1), automated=AUTOMATED)
+    d = report.to_dict()
+    critical, warning = d["by_severity"]["CRITICAL"], d["by_severity"]["WARNING"]
+    assert (critical["acknowledged"], critical["tta_median_seconds"]) == (3, 180)
+    assert critical["tta_p90_seconds"] == pytest.approx(180 + 0.8 * 360) and critical["tta_met"] is True
+    assert (warning["acknowledged"], warning["tta_median_seconds"]) == (2, 2100) and warning["tta_met"] is False
+    assert warning["tta_p90_seconds"] == pytest.approx(1200 + 0.9 * 1800)
+    assert d["by_severity"]["EMERGENCY"]["tta_median_seconds"] is None  # nobody acknowledged #3
+    check_hand_figures(d)  # the other figures are unchanged
+    assert ("Time to acknowledge critical median / p90", "3 min / 7 min 48 s") in report.headline()
+    pdf = PdfReader(str(write_weekly(report, tmp_path / "out")))
+    text = " ".join(page.extract_text() for page in pdf.pages)
+    assert "Ack median" in text and "35 min" in text  # the WARNING median, 2 100 s

@@ -8,6 +8,7 @@ second (zeroize approved with `runbook approve`) removes the key for good, so it
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import tarfile
@@ -152,7 +153,7 @@ def test_forensics_stop_and_evidence_then_rejected_zeroize_keeps_the_key(shared:
     incident = journal_of(shared).get(outcome.incident_id)
     steps = [(a.step, a.ok) for a in incident.actions]
     assert steps == [("stop", True), ("backup", True), ("zeroize", False)]
-    assert "rejected by a person (investigating first)" in incident.actions[2].description
+    assert "rejected by a person via the Prefect UI (investigating first)" in incident.actions[2].description
     report = Path(outcome.report_path).read_text()
     for section in ("Forensic timeline", "Bot network connections", "Isolate the system", "never takes a network "
                     "interface down by itself", "sudo ip link set", "Credential rotation checklist",
@@ -174,7 +175,8 @@ def test_zeroize_after_approval_and_the_key_is_nowhere(shared: Path) -> None:
     assert paused is not None
     assert key_file(shared).exists()  # nothing removed before the answer
     for _ in range(20):  # `runbook approve` answers the form (retrying while the input schema is not stored yet)
-        answer = CliRunner().invoke(app, ["approve", str(paused.id), "--note", "confirmed breach"])
+        answer = CliRunner().invoke(app, ["approve", str(paused.id), "--note", "confirmed breach",
+                                           "--config", str(config_of(shared))])
         if answer.exit_code == 0:
             break
         time.sleep(0.3)
@@ -188,7 +190,7 @@ def test_zeroize_after_approval_and_the_key_is_nowhere(shared: Path) -> None:
     record = json.loads(zeroize.detail)
     assert record["removed"] is True and record["address"] == agent
     assert record["fingerprint"] == hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    assert "approved by a person (confirmed breach)" in zeroize.description
+    assert f"approved by {getpass.getuser()} via the shell (confirmed breach)" in zeroize.description
     assert "Keys zeroized" in Path(outcome.report_path).read_text()
 
     # The key is in nothing the runbook wrote: files (archives opened), Slack, Prefect logs and artifacts.

@@ -200,7 +200,7 @@ def test_stops_trading_then_closes_only_the_approved_positions(shared: Path) -> 
     assert ("liquidate", True) in steps and ("verify-flat", True) in steps
     liquidated = [a for a in incident.actions if a.step == "liquidate"]
     assert len(liquidated) == 1 and liquidated[0].description.startswith("ETH long 0.05: closed")
-    assert "approved by a person for ETH, keeping BTC (keep the hedge)" in liquidated[0].description
+    assert "approved by a person via the Prefect UI for ETH, keeping BTC (keep the hedge)" in liquidated[0].description
     assert outcome.details["archive"].endswith(".tar.gz") and Path(outcome.details["archive"]).is_file()
     report = Path(outcome.report_path).read_text()
     assert "trading stopped" in report and "| ETH | long | 0.05 |" in report
@@ -230,8 +230,8 @@ def test_rejected_liquidation_closes_nothing(shared: Path) -> None:
     incident = journal_of(shared).get(outcome.incident_id)
     liquidate = [a for a in incident.actions if a.step == "liquidate"]
     assert [(a.ok, a.dry_run) for a in liquidate] == [(False, False)]
-    assert "rejected by a person (desk will hedge by hand)" in liquidate[0].description
-    assert "2 position(s) left open (rejected by a person" in outcome.summary
+    assert "rejected by a person via the Prefect UI (desk will hedge by hand)" in liquidate[0].description
+    assert "2 position(s) left open (rejected by a person via the Prefect UI" in outcome.summary
 
 
 def test_dry_run_policy_only_says_what_it_would_close(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:

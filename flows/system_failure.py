@@ -28,15 +28,13 @@ from typing import Any
 
 import pydantic
 from prefect import flow
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
 from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.markdown import table, usd
-from runbook.policy import ApprovalGate, decided_by
+from runbook.policy import ApprovalGate, ask, decided_by
 from runbook.settings import Policy
 from tasks.evidence import BackupResult, backup_evidence
 from tasks.exchange import CancelReport, cancel_open_orders, close_position_task
@@ -112,13 +110,7 @@ def choose_positions(policy: Policy, positions: list[Position], assume_yes: bool
     if assume_yes:
         return LiquidationChoice(coins, "approved with --yes from the shell")
     form = liquidation_form(positions, slippage, timeout_seconds)
-    if gate is None:
-        try:
-            answer, approval = pause_flow_run(wait_for_input=form, timeout=timeout_seconds, poll_interval=2), None
-        except FlowPauseTimeout:
-            answer = approval = None
-    else:
-        answer, approval = gate.ask(form, f"close {listing}", timeout_seconds)
+    answer, approval = ask(form, f"close {listing}", timeout_seconds, gate)
     if answer is None:
         return LiquidationChoice([], f"not approved within {timeout_seconds} s")
     note = f" ({answer.note})" if answer.note else ""

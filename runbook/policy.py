@@ -111,6 +111,17 @@ class ApprovalGate:
             log.warning("approval #%s: %s failed: %s", approval.id, getattr(hook, "__name__", "hook"), error)
 
 
+def ask(form: type[RunInput], action: str, timeout_seconds: int,
+        gate: ApprovalGate | None = None) -> tuple[Any | None, Approval | None]:
+    """Pause for `form` (through `gate` when given); (the answer or None on timeout, the journaled approval)."""
+    if gate is not None:
+        return gate.ask(form, action, timeout_seconds)
+    try:
+        return pause_flow_run(wait_for_input=form, timeout=timeout_seconds, poll_interval=2), None
+    except FlowPauseTimeout:
+        return None, None
+
+
 def authorize(policy: Policy, action: str, timeout_seconds: int, assume_yes: bool = False,
               gate: ApprovalGate | None = None) -> Decision:
     """Decide whether `action` may run now. Call from a flow (not a task): it may pause the run.
@@ -129,13 +140,7 @@ def authorize(policy: Policy, action: str, timeout_seconds: int, assume_yes: boo
         f"Approve to let it run; reject to leave it to a person. No answer within "
         f"{timeout_seconds} s counts as rejected.",
     )
-    if gate is None:
-        try:
-            answer, approval = pause_flow_run(wait_for_input=form, timeout=timeout_seconds, poll_interval=2), None
-        except FlowPauseTimeout:
-            answer = approval = None
-    else:
-        answer, approval = gate.ask(form, action, timeout_seconds)
+    answer, approval = ask(form, action, timeout_seconds, gate)
     if answer is None:
         return Decision(False, False, f"not approved within {timeout_seconds} s")
     note = f" ({answer.note})" if answer.note else ""

@@ -22,7 +22,7 @@ from sqlalchemy import (
     type_coerce, update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, relationship, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -255,7 +255,14 @@ def _engine(url: str) -> Engine:
             cursor.close()
     else:
         engine = create_engine(url, pool_pre_ping=True)
-    Base.metadata.create_all(engine)
+    try:
+        Base.metadata.create_all(engine)
+    except OperationalError as error:
+        # Two processes creating a new journal at once (a run and `runbook approve`): the other one won the
+        # check-then-create race; the tables are there now.
+        if "already exists" not in str(error):
+            raise
+        Base.metadata.create_all(engine)
     return engine
 
 

@@ -152,8 +152,10 @@ def test_forensics_stop_and_evidence_then_rejected_zeroize_keeps_the_key(shared:
     assert outcome.status == j.ESCALATED and outcome.details["archive"] == str(archive), outcome.summary
     incident = journal_of(shared).get(outcome.incident_id)
     steps = [(a.step, a.ok) for a in incident.actions]
-    assert steps == [("stop", True), ("backup", True), ("zeroize", False)]
-    assert "rejected by a person via the Prefect UI (investigating first)" in incident.actions[2].description
+    # the person's answer is its own journaled step (who, from where), then the zeroize it decided
+    assert steps == [("stop", True), ("backup", True), ("approval", False), ("zeroize", False)]
+    assert "zeroize rejected by a person via the Prefect UI" in incident.actions[2].description
+    assert "rejected by a person via the Prefect UI (investigating first)" in incident.actions[3].description
     report = Path(outcome.report_path).read_text()
     for section in ("Forensic timeline", "Bot network connections", "Isolate the system", "never takes a network "
                     "interface down by itself", "sudo ip link set", "Credential rotation checklist",

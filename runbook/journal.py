@@ -354,6 +354,13 @@ class Journal:
         with self._session() as session:
             return list(session.scalars(query))
 
+    def for_flow_run(self, flow_run_id: str) -> Incident | None:
+        """The incident a flow run answered (the latest, if a run ever joined several)."""
+        with self._session() as session:
+            found = session.scalar(select(Incident.id).where(Incident.flow_run_id == flow_run_id)
+                                   .order_by(Incident.id.desc()).limit(1))
+        return None if found is None else self.get(found)
+
     def count_actions(self, bot: str, step: str, within: timedelta) -> int:
         """How many times `step` really ran (not dry-run, succeeded) on this bot lately: the storm guard."""
         since = utcnow() - within
@@ -380,6 +387,23 @@ class Journal:
             .where(Incident.bot == bot, Incident.status != RESOLVED, Action.step == "stop",
                    Action.ok.is_(True), Action.dry_run.is_(False), Incident.alert != "crash-recovery",
                    ~restarted.exists())
+            .order_by(Incident.id.desc())
+        )
+        with self._session() as session:
+            return session.scalars(query).first()
+
+    def restart_underway(self, bot: str, within: timedelta) -> Incident | None:
+        """An unresolved incident of another runbook (WebSocket, memory...) that stopped or restarted this bot
+        within `within` and has not verified it since: the bot is down or starting on purpose, not crashed.
+        """
+        verify = aliased(Action)
+        verified = select(verify.id).where(verify.incident_id == Incident.id, verify.step == "verify",
+                                           verify.at >= Action.at)
+        query = (
+            select(Incident).join(Action)
+            .where(Incident.bot == bot, Incident.status != RESOLVED, Action.step.in_(("stop", "restart")),
+                   Action.dry_run.is_(False), Action.at >= utcnow() - within, Incident.alert != "crash-recovery",
+                   ~verified.exists())
             .order_by(Incident.id.desc())
         )
         with self._session() as session:

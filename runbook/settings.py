@@ -90,6 +90,9 @@ class BotSettings(Section):
     stdout_log: Path = Path("logs/stdout.log")
     # Recovery is verified by metrics changing as well as health; turn off for a bot without metrics.
     verify_metrics: bool = True
+    # The bot's own metric families whose change shows it works (e.g. api_requests_total, trades_total);
+    # empty: every family except the Prometheus client's process_* and python_* collectors.
+    activity_metrics: list[str] = []
     hyperliquid: HyperliquidAccount = HyperliquidAccount()
 
     @model_validator(mode="after")
@@ -160,6 +163,8 @@ class RecoverySettings(Section):
     restart_storm_window_seconds: int = Field(3600, ge=60)
     stop_timeout_seconds: float = Field(10.0, gt=0)
     verify_timeout_seconds: float = Field(60.0, gt=0)
+    # How often verification looks again (health, websocket, metrics) until the bot is back.
+    verify_poll_seconds: float = Field(0.2, gt=0, le=10)
     lock_timeout_seconds: float = Field(180.0, gt=0)
     # The bot lock is a lease the holder renews; if the holder dies (worker killed), the server frees
     # it after this long (+ up to 15 s), so the next remediation is not locked out. Prefect's minimum is 60.
@@ -190,9 +195,16 @@ class WatchSettings(Section):
         "insufficient-balance": r"insufficient balance",
     }
     escalate: bool = True
+    # Watch each bot's PID (a pidfd) so an exit is fired as it happens, not on the next poll; the poll
+    # then waits this long first, so a remediation stopping the bot on purpose has recorded its stop.
+    exit_watch: bool = True
+    exit_grace_seconds: float = Field(0.2, ge=0, le=5)
     # How often `runbook serve` asks the server for triggered runs (Prefect's default is 10 s,
     # which would add up to 10 s to every remediation's start).
     runner_poll_seconds: float = Field(1.0, gt=0)
+    # Start each triggered run by forking a warm process that has Prefect and the flows imported
+    # (runbook/warmstart.py) instead of a fresh Python that imports them again (~4 s).
+    warm_start: bool = True
 
 
 class IntakeSettings(Section):

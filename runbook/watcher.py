@@ -5,6 +5,10 @@ every condition on that observation. Conditions with a duration (WebSocket down 
 (latency since the last poll) keep state per bot between polls. Firing goes through `fire_alert`,
 which deduplicates: a condition that stays true is a repeat on the open incident, not a new one.
 The same loop escalates incidents left open past their response target along L1..L4.
+
+A process exit does not wait for the next poll: one thread per bot holds a pidfd on the bot's PID and
+wakes the loop the moment the kernel reports the exit (after `exit_grace_seconds`, so a remediation
+that stops the bot on purpose has recorded its stop), and that poll fires crash recovery.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import psutil
@@ -25,7 +30,7 @@ from runbook.settings import BotSettings, Settings
 from tasks.logs import parse_line
 from tasks.notify import AlertNotice, post_notice
 from tasks.probes import HealthReport, MetricsSnapshot, dig, number, probe_health_once, read_metrics_once
-from tasks.process import BotProcess, ProcessError, locate_bot
+from tasks.process import BotProcess, ProcessError, locate_bot, wait_exit
 
 log = logging.getLogger("runbook.watcher")
 _LEVEL_RANK = {name: rank for rank, (name, _, _) in enumerate(ESCALATION_LEVELS)}
@@ -79,6 +84,7 @@ class BotState:
     latency_totals: tuple[float, float] | None = None
     balance_high: float | None = None
     patterns: dict[str, re.Pattern[str]] = field(default_factory=dict)
+    process: BotProcess | None = None  # as the last poll saw it: the PID the exit watch waits on
 
 
 class Watcher:
@@ -104,6 +110,7 @@ class Watcher:
         # Alerts the journal could not take (locked, disk full...), retried first on every poll: a log
         # line is read once, so an alert seen in it must not be dropped with the failed write.
         self.pending: dict[tuple[str, str], str] = {}
+        self.wake = threading.Event()  # set by an exit watch: poll now
 
     # -- observing -----------------------------------------------------------------------------
 
@@ -125,10 +132,17 @@ class Watcher:
         health = seen.health
 
         held = self.journal.deliberate_stop(state.name) if seen.process is None else None
+        down = seen.process is None or health.condition in ("hung", "unreachable")
+        recovery = self.settings.recovery
+        underway = self.journal.restart_underway(
+            state.name, timedelta(seconds=recovery.stop_timeout_seconds + recovery.verify_timeout_seconds),
+        ) if down and not seen.process_error and held is None else None
         if seen.process_error:
             firing.append(("crash-recovery", f"cannot tell which process is the bot: {seen.process_error}"))
         elif held is not None:
             pass  # stopped on purpose by incident `held` (e.g. daily loss limit): down is the right state
+        elif underway is not None:
+            pass  # incident `underway` is restarting the bot (stopped or starting, not yet verified)
         elif seen.process is None:
             firing.append(("crash-recovery", f"bot process not running; {health.summary()}"))
         elif health.condition in ("hung", "unreachable"):
@@ -194,6 +208,7 @@ class Watcher:
                 fired.append(firing)
         for state in self.bots:
             seen = self.observe(state)
+            state.process = seen.process
             for key, summary in self.evaluate(state, seen, time.monotonic()):
                 firing = self._fire(key, state.name, summary)
                 if firing is not None:
@@ -242,9 +257,35 @@ class Watcher:
             done.append(f"incident #{incident.id} ({incident.alert} on {incident.bot}) {text}")
         return done
 
+    def watch_exit(self, state: BotState, stop: threading.Event) -> None:
+        """Wake the poll the moment the bot's process exits, instead of on the next poll."""
+        grace = self.settings.watch.exit_grace_seconds
+        while not stop.is_set():
+            process = state.process
+            if process is None:
+                stop.wait(0.2)
+                continue
+            try:
+                exited = wait_exit(process, 1.0)
+            except Exception as error:  # noqa: BLE001 - the regular poll still sees the exit
+                log.warning("cannot watch PID %s of %s: %s", process.pid, state.name, error)
+                stop.wait(1.0)
+                continue
+            if not exited or state.process is not process:
+                continue
+            log.info("bot %s: PID %s exited; polling now", state.name, process.pid)
+            stop.wait(grace)
+            self.wake.set()
+            while state.process is process and not stop.is_set():  # one wake per exit: until the poll looked
+                stop.wait(0.05)
+
     def run(self, stop: threading.Event) -> None:
         interval = self.settings.watch.poll_interval_seconds
         log.info("watching %s every %gs", ", ".join(s.name for s in self.bots), interval)
+        if self.settings.watch.exit_watch:
+            for state in self.bots:
+                threading.Thread(target=self.watch_exit, args=(state, stop), name=f"runbook-exit-{state.name}",
+                                 daemon=True).start()
         while not stop.is_set():
             started = time.monotonic()
             try:
@@ -254,5 +295,9 @@ class Watcher:
                         log.warning(line)
             except Exception:  # the watcher must outlive any single bad poll
                 log.exception("watcher poll failed")
-            stop.wait(max(0.0, interval - (time.monotonic() - started)))
+            next_poll = started + interval
+            while not stop.is_set() and not self.wake.wait(min(0.5, max(0.0, next_poll - time.monotonic()))):
+                if time.monotonic() >= next_poll:
+                    break
+            self.wake.clear()
 

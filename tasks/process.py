@@ -8,6 +8,7 @@ nothing is ever killed by name pattern.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import time
 import subprocess
@@ -159,6 +160,40 @@ def _exited(proc: psutil.Process, timeout_seconds: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.05)
+
+
+def wait_exit(process: BotProcess, timeout_seconds: float) -> bool:
+    """Block until `process` (that very PID: same creation time) has exited, at most `timeout_seconds`.
+
+    The kernel says when, through a pidfd (Linux 5.3+), so an exit is seen as it happens rather than on
+    the next poll; elsewhere psutil's wait, which polls in short steps. True when it exited (or was
+    already gone or recycled), False on timeout.
+    """
+    try:
+        proc = psutil.Process(process.pid)
+        if proc.create_time() != process.create_time or proc.status() == psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.NoSuchProcess:
+        return True
+    if hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(process.pid)
+        except ProcessLookupError:
+            return True
+        except OSError:  # an older kernel: no pidfd
+            pass
+        else:
+            try:
+                poller = select.poll()
+                poller.register(fd, select.POLLIN)
+                return bool(poller.poll(max(0.0, timeout_seconds) * 1000))
+            finally:
+                os.close(fd)
+    try:
+        proc.wait(timeout=timeout_seconds)
+    except psutil.TimeoutExpired:
+        return False
+    return True
 
 
 def _clean_env() -> dict[str, str]:

@@ -6,6 +6,7 @@ fast; the logic under test is the same.
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -113,6 +114,43 @@ def test_websocket_blip_shorter_than_the_window_fires_nothing(sandbox: Path) -> 
         fired.extend(watcher.poll_once())
         time.sleep(0.5)
     assert [f.alert for f in fired if f.alert == "websocket-disconnected"] == []
+
+
+def test_an_exit_fires_without_waiting_for_the_next_poll(sandbox: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A poll interval of an hour: after the first look, only the exit watch (a pidfd on the bot's PID)
+    # can make the watcher look again, so the incident below exists only if the exit woke it.
+    monkeypatch.setenv("RUNBOOK_WATCH__POLL_INTERVAL_SECONDS", "3600")
+    watcher = make_watcher(sandbox)
+    stop = threading.Event()
+    thread = threading.Thread(target=watcher.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        time.sleep(1.0)  # the loop's own first poll has run, the exit watch holds the PID
+        manager.fault(sandbox, "crash")
+        deadline = time.monotonic() + 60
+        while not incidents_for(watcher, "crash-recovery") and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+    found = incidents_for(watcher, "crash-recovery")
+    assert len(found) == 1 and "not running" in found[0].summary, [i.as_dict() for i in found]
+    assert not thread.is_alive()
+
+
+def test_a_restart_by_another_runbook_is_not_a_crash(sandbox: Path) -> None:
+    watcher = make_watcher(sandbox)
+    journal = watcher.journal
+    websocket, _ = journal.open_incident("websocket-disconnected", "sandbox", "CRITICAL", "websocket down")
+    journal.record_action(websocket.id, "sandbox", "stop", "PID stopped by SIGTERM")
+    journal.record_action(websocket.id, "sandbox", "restart", "started")
+    manager.fault(sandbox, "crash")  # down (still starting, as far as the watcher knows) while it is verified
+    for _ in range(3):
+        assert [f.alert for f in watcher.poll_once()] == []
+        time.sleep(0.3)
+    journal.record_action(websocket.id, "sandbox", "verify", "not recovered", ok=False)
+    # Verified (and failed): the restart is over, and a bot still down is a crash.
+    assert "crash-recovery" in [f.alert for f in watcher.poll_once()]
 
 
 def test_escalation_pages_each_level_once(tmp_path: Path, prefect_server) -> None:

@@ -45,6 +45,10 @@ def serve_all(config: Path, *, watch: bool = True, intake: bool = True) -> None:
         thread.start()
     print(f"serving {len(deployments)} deployment(s): {', '.join(sorted(automated))}; "
           f"watching {', '.join(settings.bots)} every {settings.watch.poll_interval_seconds:g}s", flush=True)
+    if settings.watch.warm_start:
+        from runbook import warmstart
+
+        warmstart.install()  # each run forks from a warm process: no Python + Prefect + project imports
     try:
         serve(*deployments, print_starting_message=False, query_seconds=settings.watch.runner_poll_seconds)
     finally:

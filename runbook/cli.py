@@ -64,8 +64,13 @@ def run(
     as_json: bool = JsonOption,
     yes: bool = typer.Option(False, "--yes", help="Approve the flow's destructive steps now (e.g. liquidation, "
                                                   "zeroize) instead of pausing for the form; never overrides dry-run."),
+    local: bool = typer.Option(False, "--local", help="Run the flow in this process even when a `runbook serve` "
+                                                      "serves it."),
+    timeout: float = typer.Option(3600.0, "--timeout", min=1, help="Through `runbook serve`: give up waiting for "
+                                                                 "the run after this many seconds (it goes on)."),
 ) -> None:
-    """Run one runbook flow now, on the Prefect server in PREFECT_API_URL."""
+    """Run one runbook flow now, on the Prefect server in PREFECT_API_URL: through `runbook serve`'s warm
+    runner when it serves NAME, else in this process."""
     if name not in CATALOGUE:
         raise _fail(f"unknown flow {name!r}; known: {', '.join(CATALOGUE)}")
     path = config_path(config).resolve()
@@ -80,6 +85,16 @@ def run(
     if name not in FLOWS:
         raise _fail(f"{name!r} has no automated flow yet (the alert is in the catalogue; respond by hand)")
     params = {"bot": bot, "config": str(path), **_parse_params(param)}
+    from runbook import served
+
+    api = None if local else served.api_url()
+    deployment = served.served_deployment(api, name) if api else None
+    if deployment is not None:
+        if yes:
+            if not served.accepts(deployment, "assume_yes"):
+                raise _fail(f"{name} has no approvals to answer with --yes")
+            params["assume_yes"] = True
+        _run_served(api, deployment, params, settings, as_json, timeout)
     if yes:
         import inspect
 
@@ -109,6 +124,45 @@ def run(
         *([f"  flow run: {outcome.ui_url}"] if outcome.ui_url else []),
     ]))
     raise typer.Exit(1 if outcome.problem_remains else 0)
+
+
+def _run_served(api: str, deployment: dict[str, Any], params: dict[str, Any], settings: Any, as_json: bool,
+                timeout: float) -> None:
+    """`runbook run` through `runbook serve`: create the deployment's run, wait for it, print its incident."""
+    from runbook import served
+
+    name = deployment["name"]
+    try:
+        run_id = served.start_run(api, deployment, params)
+        typer.echo(f"flow run {run_id} of {name} created; `runbook serve` runs it", err=True)
+        finished = served.wait_run(api, run_id, timeout, on_pause=lambda rid: typer.echo(
+            f"paused for approval: answer the form in the Prefect UI or `runbook approve {rid}`", err=True))
+    except served.ServedError as error:
+        raise _fail(str(error), 1)
+    if finished.state != "COMPLETED":
+        typer.echo(f"error: flow {name} {finished.state.lower()}: {finished.message}", err=True)
+        raise typer.Exit(1)
+    from runbook.journal import Journal
+
+    incident = Journal(settings.journal_url).for_flow_run(run_id)
+    if incident is None:  # a scheduled report: no incident
+        data = {"flow_run_id": run_id, "state": finished.state, "message": finished.message, "ui_url": finished.ui_url}
+        _emit(data, as_json, f"flow run {run_id}: {finished.state} {finished.message}".rstrip())
+        raise typer.Exit(0)
+    report = settings.reports_dir / "incidents" / f"incident-{incident.id}.md"
+    data = {"incident_id": incident.id, "alert": incident.alert, "bot": incident.bot, "status": incident.status,
+            "outcome": incident.outcome or "", "summary": incident.summary, "report_path": str(report),
+            "flow_run_id": run_id, "ui_url": finished.ui_url, "actions": [a.description for a in incident.actions]}
+    _emit(data, as_json, "\n".join([
+        f"incident #{incident.id} ({incident.alert}, bot {incident.bot}): {incident.status.upper()} — {incident.outcome}",
+        f"  {incident.summary}",
+        f"  incident report: {report}",
+        *[f"  action: {a.description}" for a in incident.actions],
+        *([f"  flow run: {finished.ui_url}"] if finished.ui_url else []),
+    ]))
+    from runbook.journal import RESOLVED
+
+    raise typer.Exit(0 if incident.status == RESOLVED else 1)
 
 
 @app.command()

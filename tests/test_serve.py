@@ -6,6 +6,7 @@ triggered deployment runs must come out without anyone starting them.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from runbook import journal as j
@@ -119,6 +121,27 @@ def test_alertmanager_webhook_starts_the_remediation(served: dict) -> None:
     done = wait("the run to finish", lambda: (lambda i: i if i.status != j.OPEN else None)(journal_of(served).get(incident_id)), 90)
     # The bot was fine: Prometheus was wrong, and the runbook touched nothing.
     assert done.outcome == j.FALSE_POSITIVE and done.actions == []
+
+
+def test_runs_start_from_the_warm_fork_server(served: dict) -> None:
+    # serve started a multiprocessing fork server with Prefect and the flows imported; runs fork from it.
+    family = psutil.Process(served["process"].pid).children(recursive=True)
+    servers = [p for p in family if "multiprocessing.forkserver" in " ".join(p.cmdline())]
+    assert len(servers) == 1, [p.cmdline() for p in family]
+
+
+def test_runbook_run_goes_through_the_serving_runner(served: dict) -> None:
+    before = {run["id"] for run in runs_of(served)}
+    result = subprocess.run([RUNBOOK, "run", "crash-recovery", "--config", str(served["config"]), "--json"],
+                            capture_output=True, text=True, timeout=240, env={**os.environ, "PREFECT_API_URL": served["api"]})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["outcome"] == j.FALSE_POSITIVE  # the bot is healthy: looked at, nothing touched
+    # A run of the served deployment (not a flow run of the command's own), created for this command.
+    run = httpx.get(f"{served['api']}/flow_runs/{data['flow_run_id']}", timeout=10).json()
+    assert run["id"] not in before and run["deployment_id"] == served["deployment"]["id"]
+    assert "runbook-run" in run["tags"] and run["state"]["type"] == "COMPLETED"
+    assert journal_of(served).get(data["incident_id"]).flow_run_id == run["id"]
 
 
 def test_sigterm_stops_everything_cleanly(served: dict) -> None:

@@ -1,7 +1,8 @@
 """🚨 Bot Crashed/Stopped (RUNBOOK.md), as a flow.
 
 Immediate actions: check process status, restart the bot, verify recovery.
-Investigation: recent logs, error patterns, system resources (captured before the restart changes them).
+Investigation: recent logs, error patterns, system resources (marked before the restart changes them,
+read while the bot restarts).
 Escalation: if the bot cannot be restarted, escalate to the senior engineer (L2).
 Prevention: a restart storm (N restarts within an hour) escalates instead of restarting again.
 The restart itself (storm guard, policy, stop + start, verify) is tasks/restart.py's, shared with the
@@ -19,11 +20,11 @@ from runbook import journal as j
 from runbook.incident import IncidentRun, Outcome
 from runbook.locks import bot_lock
 from runbook.settings import BotSettings
-from tasks.logs import scan_log, tail_log
+from tasks.logs import LogTail, PatternScan, log_ends, scan_log, tail_log
 from tasks.probes import HealthReport, check_health
 from tasks.process import BotProcess, check_process
 from tasks.restart import guarded_restart
-from tasks.system import check_system
+from tasks.system import SystemResources, check_system
 
 ALERT = "crash-recovery"
 
@@ -55,22 +56,25 @@ def diagnose(bot: BotSettings) -> Diagnosis:
 
 
 def capture_evidence(run: IncidentRun) -> None:
-    """Investigation, done before the restart so the evidence is of the failure, not the recovery."""
+    """Investigation: the logs' ends are marked and the reads start before the restart, so the evidence
+    is of the failure, not the recovery; the restart does not wait for them (recorded before the report)."""
     bot, lines = run.bot, run.settings.recovery.evidence_log_lines
-    recent = tail_log.submit(bot.path(bot.log_file), lines)
-    errors = scan_log.submit(bot.path(bot.error_log_file), "error")
+    log, error_log = bot.path(bot.log_file), bot.path(bot.error_log_file)
+    ends = log_ends([log, error_log])
+    recent = tail_log.submit(log, lines, ends[str(log)])
+    errors = scan_log.submit(error_log, "error", end=ends[str(error_log)])
     system = check_system.submit(bot.working_dir)
+    run.add_evidence_later(lambda: _record_evidence(run, lines, recent.result(), errors.result(), system.result()))
 
-    tail = recent.result()
+
+def _record_evidence(run: IncidentRun, lines: int, tail: LogTail, scan: PatternScan, resources: SystemResources) -> None:
     body = tail.error or "```\n" + "\n".join(tail.messages()) + "\n```"
     run.add_evidence(f"Last {lines} log messages ({tail.path})", body)
-    scan = errors.result()
     if scan.error:
         run.add_evidence("Error patterns", scan.error)
     else:
         top = "\n".join(f"| {count} | {message.replace('|', '/')} |" for message, count in scan.top_messages)
         run.add_evidence("Error patterns", f"{scan.matches} error lines in {scan.path}\n\n| count | message |\n|---|---|\n{top}")
-    resources = system.result()
     run.add_evidence("System resources", resources.summary())
     run.note(f"evidence captured: {len(tail.lines)} log lines, {scan.matches} error lines; {resources.summary()}")
 

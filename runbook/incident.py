@@ -7,6 +7,7 @@ artifact and a file. Flows use it so that they can read like their runbook secti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +71,8 @@ class IncidentRun:
     timeline: list[tuple[datetime, str]] = field(default_factory=list)
     evidence: dict[str, str] = field(default_factory=dict)
     actions_taken: list[str] = field(default_factory=list)
+    # Evidence still being read (in parallel with the remediation); recorded before the report.
+    pending_evidence: list[Callable[[], None]] = field(default_factory=list)
 
     @classmethod
     def open(cls, alert_key: str, bot: str | None, config: str | None, incident_id: int | None = None,
@@ -109,6 +112,18 @@ class IncidentRun:
     def add_evidence(self, title: str, markdown: str) -> None:
         self.evidence[title] = self._redact(markdown)
 
+    def add_evidence_later(self, record: Callable[[], None]) -> None:
+        """`record()` adds evidence being gathered now, in the background; it runs before the report."""
+        self.pending_evidence.append(record)
+
+    def collect_evidence(self) -> None:
+        while self.pending_evidence:
+            record = self.pending_evidence.pop(0)
+            try:
+                record()
+            except Exception as error:  # evidence lost must not lose the report
+                self.note(f"evidence could not be recorded: {type(error).__name__}: {error}")
+
     def start_response(self) -> None:
         self.journal.start_response(self.incident_id, self.flow_run_id)
 
@@ -139,6 +154,7 @@ class IncidentRun:
         return self._finish()
 
     def _finish(self) -> Outcome:
+        self.collect_evidence()
         incident = self.journal.get(self.incident_id)
         report = self._redact(self.render_report(incident))
         path = self._write_report(report)

@@ -8,6 +8,7 @@ long is kept as raw text and counted, never an exception.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -72,11 +73,11 @@ def _clip(text: str) -> str:
     return text
 
 
-def tail_bytes(path: Path, lines: int) -> list[bytes]:
-    """The last `lines` lines of a file, read backwards in blocks from its end."""
+def tail_bytes(path: Path, lines: int, end: int | None = None) -> list[bytes]:
+    """The last `lines` lines of a file (of its first `end` bytes), read backwards in blocks from there."""
     with open(path, "rb") as handle:
         handle.seek(0, os.SEEK_END)
-        position = handle.tell()
+        position = handle.tell() if end is None else min(end, handle.tell())
         buffer = b""
         while position > 0 and buffer.count(b"\n") <= lines:
             step = min(_BLOCK, position)
@@ -108,11 +109,12 @@ class LogTail:
 
 
 @task(name="read recent log lines", cache_policy=NO_CACHE_POLICY)
-def tail_log(path: Path, lines: int = 100) -> LogTail:
-    """Runbook: `tail -100 logs/trading_bot.log | jq '.message'`."""
+def tail_log(path: Path, lines: int = 100, end: int | None = None) -> LogTail:
+    """Runbook: `tail -100 logs/trading_bot.log | jq '.message'` (up to byte `end`: the log as it was
+    then, when a restarted bot is already writing after it)."""
     result = LogTail(path=str(path))
     try:
-        raw = tail_bytes(path, lines)
+        raw = tail_bytes(path, lines, end)
     except OSError as error:
         result.error = unreadable(path, error)
         return result
@@ -138,8 +140,10 @@ _VARYING = re.compile(r"0x[0-9a-fA-F]+|\d+(\.\d+)?")
 
 
 @task(name="scan log for error patterns", cache_policy=NO_CACHE_POLICY)
-def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int = 5) -> PatternScan:
-    """Runbook: `grep -i error logs/trading_bot_errors.log`, with the messages grouped and counted.
+def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int = 5,
+             end: int | None = None) -> PatternScan:
+    """Runbook: `grep -i error logs/trading_bot_errors.log`, with the messages grouped and counted
+    (its first `end` bytes only, given `end`).
 
     Case-insensitive (ASCII, like `grep -i` in the C locale) literal match, line by line. Fast on big
     logs: the file is read in large blocks, the pattern is found in a whole block at once, and only the
@@ -158,8 +162,9 @@ def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int =
         exact.clear()
 
     try:
-        with open(path, "rb") as handle:
-            for raw in _matching_lines(handle, needle, result):
+        with open(path, "rb", buffering=0 if end is not None else -1) as handle:
+            reader = handle if end is None else io.BufferedReader(_UpTo(handle, end))
+            for raw in _matching_lines(reader, needle, result):
                 message, is_record = _message_of(raw)
                 result.matches += 1
                 if not is_record:
@@ -174,6 +179,34 @@ def scan_log(path: Path, pattern: str = "error", keep_last: int = 10, top: int =
     result.top_messages = groups.most_common(top)
     result.last_matches = list(last)
     return result
+
+
+class _UpTo(io.RawIOBase):
+    """A file read only up to byte `end`."""
+
+    def __init__(self, handle: Any, end: int) -> None:
+        self.handle, self.left = handle, max(0, end)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")[:self.left]
+        count = self.handle.readinto(view) if len(view) else 0
+        self.left -= count
+        return count
+
+
+def log_ends(paths: list[Path]) -> dict[str, int]:
+    """How long each log is now (absent: 0): evidence read later stops there, so it shows the failure
+    even when a restarted bot has written since."""
+    ends = {}
+    for path in paths:
+        try:
+            ends[str(path)] = path.stat().st_size
+        except OSError:
+            ends[str(path)] = 0
+    return ends
 
 
 def _message_of(raw: bytes) -> tuple[str, bool]:

@@ -29,49 +29,72 @@ def restart_storm(run: IncidentRun) -> int | None:
 
 
 @task(name="verify recovery", cache_policy=NO_CACHE_POLICY)
-def verify_recovery(bot: BotSettings, timeout_seconds: float) -> tuple[bool, str]:
-    """Runbook "Verify Recovery": health 200, websocket connected, metrics moving; polled with backoff."""
+def verify_recovery(bot: BotSettings, timeout_seconds: float, poll_seconds: float = 0.2,
+                    restarted_at: float | None = None) -> tuple[bool, str]:
+    """Runbook "Verify Recovery": health 200, websocket connected, the bot's own metrics moving.
+
+    Polled every `poll_seconds` until `timeout_seconds`, so the bot counts as back as soon as it is. A
+    process started at or after `restarted_at` (epoch seconds) whose own counters are already above
+    zero has moved them since it started; otherwise two reads must differ.
+    """
     deadline = time.monotonic() + timeout_seconds
-    delay, last = 0.25, "not checked"
+    last, baseline = "not checked", None
     while True:
         process = locate_bot(bot)
-        health = probe_health_once(bot)
-        if process is None:
+        health = probe_health_once(bot) if process is not None else None
+        if process is None or health is None:
             last = "no bot process"
         elif not health.healthy:
             last = health.summary()
         elif health.websocket_connected is False:
             last = "health is 200 but the websocket is not connected"
-        elif bot.verify_metrics and not _metrics_moving(bot):
-            last = "health is 200 but the metrics are not changing"
         else:
-            return True, f"PID {process.pid}: {health.summary()}" + ("; metrics changing" if bot.verify_metrics else "")
-        if time.monotonic() + delay > deadline:
+            moving, baseline = (True, baseline) if not bot.verify_metrics else _metrics_moving(
+                bot, baseline, fresh=restarted_at is not None and process.create_time >= restarted_at - 1)
+            if moving:
+                return True, f"PID {process.pid}: {health.summary()}" + ("; metrics moving" if bot.verify_metrics else "")
+            last = "health is 200 but the bot's metrics are not moving"
+        if time.monotonic() + poll_seconds > deadline:
             return False, f"not recovered after {timeout_seconds:g}s: {last}"
-        time.sleep(delay)
-        delay = min(delay * 2, 3.0)
+        time.sleep(poll_seconds)
 
 
-def _metrics_moving(bot: BotSettings, window_seconds: float = 4.0) -> bool:
-    first = read_metrics_once(bot)
-    if first.error:
-        return False
-    deadline = time.monotonic() + window_seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        second = read_metrics_once(bot)
-        if not second.error and second.samples != first.samples:
-            return True
-    return False
+def _own_samples(bot: BotSettings) -> dict[str, float] | None:
+    """The samples of the bot's activity metrics (`activity_metrics`, or every family but the client
+    library's own process_/python_ collectors, whose CPU and GC counters move by themselves)."""
+    snapshot = read_metrics_once(bot)
+    if snapshot.error:
+        return None
+    wanted = bot.activity_metrics
+
+    def own(key: str) -> bool:
+        name = key.split("{")[0]
+        if wanted:
+            return any(name == family or name.startswith(family + "_") for family in wanted)
+        return not name.startswith(("process_", "python_"))
+    return {key: value for key, value in snapshot.samples.items() if own(key)}
 
 
-def restart(run: IncidentRun, process: BotProcess | None) -> None:
+def _metrics_moving(bot: BotSettings, baseline: dict[str, float] | None,
+                    fresh: bool) -> tuple[bool, dict[str, float] | None]:
+    """(moving, the samples to compare the next read with)."""
+    samples = _own_samples(bot)
+    if samples is None:
+        return False, baseline
+    if fresh and any(value > 0 for key, value in samples.items() if key.split("{")[0].endswith("_total")):
+        return True, samples  # counters start at zero in a new process: above zero, it has worked since
+    return baseline is not None and samples != baseline, samples
+
+
+def restart(run: IncidentRun, process: BotProcess | None) -> float:
     """Runbook "Restart Bot": stop the running process (verified PID only), then run the start command."""
     if process is not None:
         stopped = stop_process(process, run.bot, run.settings.recovery.stop_timeout_seconds)
         run.act("stop", stopped, detail={"pid": process.pid})
+    started_at = time.time()
     started = start_bot(run.bot)
     run.act("restart", started)
+    return started_at
 
 
 def restart_description(run: IncidentRun, process: BotProcess | None) -> str:
@@ -104,12 +127,14 @@ def guarded_restart(run: IncidentRun, process: BotProcess | None, condition: str
                             [f"restart by hand: {what}", "then verify: curl the health endpoint"])
 
     try:
-        restart(run, process)
+        restarted_at = restart(run, process)
     except ProcessError as error:
         run.act("restart", f"restart failed: {error}", ok=False)
         return run.escalate("L2", f"the bot could not be restarted: {error}", ["restart by hand", "read the error log"])
 
-    recovered, detail = verify_recovery(run.bot, run.settings.recovery.verify_timeout_seconds)
+    recovery = run.settings.recovery
+    recovered, detail = verify_recovery(run.bot, recovery.verify_timeout_seconds, recovery.verify_poll_seconds,
+                                        restarted_at)
     run.act("verify", detail, ok=recovered)
     if recovered:
         return detail

@@ -230,3 +230,16 @@ def test_a_bot_stopped_on_purpose_stays_down_until_a_person_releases_it(sandbox:
                        str(config_of(sandbox)))
     assert released.returncode == 0, released.stderr
     assert [f.alert for f in watcher.poll_once() if f.alert == "crash-recovery"] == ["crash-recovery"]
+
+
+def test_verification_counts_only_the_bots_own_metrics(sandbox: Path) -> None:
+    from tasks.restart import verify_recovery
+
+    bot = bot_settings(sandbox)
+    started = locate_bot(bot).create_time
+    ok, detail = verify_recovery.fn(bot, 20, 0.2, restarted_at=started)
+    assert ok and "metrics moving" in detail, detail
+    # A family the bot does not export never moves, however much its process_* CPU counters do.
+    silent = bot.model_copy(update={"activity_metrics": ["no_such_metric"]})
+    ok, detail = verify_recovery.fn(silent, 1.5, 0.2, restarted_at=started)
+    assert not ok and "metrics are not moving" in detail, detail

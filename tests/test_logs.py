@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tasks.logs import MAX_LINE_CHARS, scan_log, tail_bytes, tail_log
+from tasks.logs import MAX_LINE_CHARS, log_ends, scan_log, tail_bytes, tail_log
 
 
 def write_log(path: Path, lines: list[bytes]) -> Path:
@@ -104,3 +104,17 @@ def test_scan_in_blocks_finds_what_a_line_by_line_scan_finds(tmp_path: Path, mon
     grep = subprocess.run(["grep", "-a", "-c", "-i", "-F", "error", str(path)], capture_output=True, text=True,
                           env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
     assert scan_log.fn(path, "error").matches == int(grep.stdout) > 0
+
+
+def test_evidence_stops_at_the_marked_end_of_the_log(tmp_path: Path) -> None:
+    # Marked at the failure; the restarted bot writes on; the evidence read later is still the failure's.
+    path = write_log(tmp_path / "errors.log", [record(f"error {i} at failure", "ERROR") for i in range(50)])
+    ends = log_ends([path, tmp_path / "absent.log"])
+    assert ends == {str(path): path.stat().st_size, str(tmp_path / "absent.log"): 0}
+    with open(path, "ab") as handle:
+        handle.write(record("error after the restart", "ERROR") + b"\n")
+    tail = tail_log.fn(path, 3, ends[str(path)])
+    assert [line.message for line in tail.lines] == [f"error {i} at failure" for i in (47, 48, 49)]
+    scan = scan_log.fn(path, "error", end=ends[str(path)])
+    assert scan.matches == 50 and scan.last_matches[-1] == "error 49 at failure"
+    assert scan_log.fn(path, "error").matches == 51

@@ -74,9 +74,9 @@ class Stack:
         from runbook.localserver import start_server
 
         home = self.root / "prefect"
-        self.say(f"starting a local Prefect server in {home} (5-15 s)")
+        self.say(f"starting a local Prefect server in {home} (5-15 s; more on a loaded machine)")
         try:
-            self.server = start_server(home, database_url=database_url)
+            self.server = start_server(home, database_url=database_url, timeout_seconds=300)
         except BaseException:  # interrupted or failed while it was coming up: do not leave it running
             stop_orphan_server(home)
             raise
@@ -338,3 +338,56 @@ def write_results(benchmark: str, rows: Sequence[dict[str, Any]], failure: str |
         return
     Path(path).write_text(json.dumps({"benchmark": benchmark, "rows": list(rows), "failure": failure,
                                       "machine": machine()}, indent=2, default=str))
+
+
+# --- serve ------------------------------------------------------------------------------------
+
+
+ALERT = "crash-recovery"
+STORM_MAX = "1000"
+
+
+def start_serve(stack: Stack, poll_interval: float | None, runner_poll: float | None, mode_env: dict[str, str],
+                mode: str, say: Progress, flags: Sequence[str] = ("--no-intake",)) -> subprocess.Popen[bytes]:
+    """`runbook serve` on the stack's config, logging to serve-MODE.log; stopped by `stack.close()`."""
+    env = {**os.environ, "RUNBOOK_RECOVERY__RESTART_STORM_MAX": STORM_MAX, **mode_env}
+    if poll_interval is not None:
+        env["RUNBOOK_WATCH__POLL_INTERVAL_SECONDS"] = f"{poll_interval:g}"
+    if runner_poll is not None:
+        env["RUNBOOK_WATCH__RUNNER_POLL_SECONDS"] = f"{runner_poll:g}"
+    log_path = stack.root / f"serve-{mode}.log"
+    say(f"[{mode}] starting `runbook serve --config {stack.config} {' '.join(flags)}` "
+        f"({' '.join(f'{k}={v}' for k, v in mode_env.items())} RUNBOOK_RECOVERY__RESTART_STORM_MAX={STORM_MAX}; "
+        f"log {log_path})")
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([RUNBOOK, "serve", "--config", str(stack.config), *flags],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    stack.on_close("runbook serve (SIGTERM)", lambda: stop_process_group(process))
+    return process
+
+
+def wait_serve_ready(stack: Stack, process: subprocess.Popen[bytes], mode: str, timeout: float = 180.0) -> dict[str, Any]:
+    """The crash-recovery deployment exists, is not paused, its runner is polling, and its trigger exists."""
+    log_path = stack.root / f"serve-{mode}.log"
+    found: dict[str, Any] = {}
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            raise BenchError(f"runbook serve exited with {process.returncode}; end of {log_path}:\n{tail(log_path)}")
+        deployments = stack.api_post("/deployments/filter", {"deployments": {"name": {"any_": [ALERT]}}})
+        if not deployments:
+            return False
+        deployment = deployments[0]
+        if deployment.get("paused") or deployment.get("status") != "READY":
+            return False
+        automations = stack.api_post("/automations/filter", {})
+        trigger = [a for a in automations if a.get("enabled") and any(
+            action.get("deployment_id") == deployment["id"] for action in a.get("actions", []))]
+        if not trigger or "serving" not in log_path.read_text(errors="replace"):
+            return False
+        found.update(deployment=deployment, automation=trigger[0])
+        return True
+
+    wait_until(ready, timeout, "runbook serve to register the crash-recovery deployment and its trigger", 0.5)
+    return found

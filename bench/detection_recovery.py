@@ -1,19 +1,22 @@
-"""Crash to "bot verified healthy" under `runbook serve`: detection latency and recovery time.
+"""Crash to "bot verified healthy" under `runbook serve`: the crash path as a waterfall.
 
-    .venv/bin/python -m bench.detection_recovery [--rounds 5] [--poll-interval S] [--json]
+    .venv/bin/python -m bench.detection_recovery [--rounds 5] [--modes warm cold] [--poll-interval S] [--json]
 
 Starts a local Prefect server, the sandbox and `runbook serve --no-intake` (the watcher plus the
 crash-recovery deployment with its event trigger), measures the bot's own start-up time (the
-reference), then kills the bot N times (SIGKILL, `sandbox fault crash`) and times, from the kill:
+reference), then kills the bot N times (SIGKILL, `sandbox fault crash`) and records, from the kill,
+each milestone of the crash path: incident fired (journal), flow run created, Pending, Running (Prefect
+API), first task (the earliest task-run start), response started, restart issued, /health 200 (polled
+by this benchmark every 50 ms), verified, resolved (journal). The waterfall shows their median and
+worst over the rounds and the step between each and the one before.
 
-- detection latency: until the watcher opened the incident (journal `fired_at`);
-- recovery time: until the bot's /health answers 200 again (polled by this benchmark every 50 ms);
-- and where the time went: the trigger (event -> automation -> flow run), the runner starting the
-  flow run, the flow's own steps, the bot's start-up, and the flow's verification.
+`--modes warm cold` runs the rounds twice in the same run, each under its own serve: `warm` is the
+default (runs forked from serve's warm fork server, exits seen by a pidfd), `cold` is serve as it was
+before issue 16 (a new Python per run, exits seen on the next poll) — the A/B in the same conditions.
 
-Targets (docs): detection within the poll interval + 1 s; recovery within the bot's own start-up
-time + 3 s. Each round starts after a random pause in [0, poll interval) so the crash lands at a
-random point of the watcher's poll cycle.
+Targets (issue 16): process exit -> incident fired, median <= 0.5 s; crash -> /health 200, median <=
+bot start-up + 1.0 s and worst <= bot start-up + 2.5 s. Each round starts after a random pause in
+[0, poll interval) so the crash lands at a random point of the watcher's poll cycle.
 """
 
 from __future__ import annotations
@@ -21,20 +24,18 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from typing import Any
 
 from bench.common import (
-    RUNBOOK, BenchError, Progress, Stack, describe_machine, dump_json, health_code, machine, measure_bot_startup,
-    parse_time, ratio, result_row, seconds, sigterm_as_interrupt, stats, stop_process_group, table, tail, wait_until,
+    ALERT, STORM_MAX, BenchError, Progress, Stack, describe_machine, dump_json, health_code, machine, measure_bot_startup,
+    parse_time, ratio, result_row, seconds, sigterm_as_interrupt, start_serve, stats, stop_process_group, table,
+    wait_serve_ready, wait_until,
     write_results,
 )
 
-ALERT = "crash-recovery"
-STORM_MAX = "1000"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,61 +45,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="bot start-ups to time for the reference (default: same as --rounds)")
     parser.add_argument("--poll-interval", type=float, default=None,
                         help="watcher poll interval in seconds (default: the configuration's, 5 s)")
-    parser.add_argument("--runner-poll", type=int, default=None,
-                        help="PREFECT_RUNNER_POLL_FREQUENCY for serve's runner in seconds (default: the local "
-                             "server's environment, 1 s; Prefect's own default is 10 s)")
+    parser.add_argument("--runner-poll", type=float, default=None,
+                        help="how often serve's runner asks for triggered runs, seconds (default: the "
+                             "configuration's watch.runner_poll_seconds)")
+    parser.add_argument("--modes", nargs="+", choices=["warm", "cold"], default=["warm"],
+                        help="how serve runs, one after the other in this run (default: warm; `warm cold` for an "
+                             "A/B against serve as it was before issue 16)")
     parser.add_argument("--round-timeout", type=float, default=180.0, help="give up on a round after this (s)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the random pause before each crash")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON instead of tables")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, journal)")
     return parser.parse_args(argv)
-
-
-# --- serve ------------------------------------------------------------------------------------
-
-
-def start_serve(stack: Stack, poll_interval: float | None, runner_poll: int | None,
-                say: Progress) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "RUNBOOK_RECOVERY__RESTART_STORM_MAX": STORM_MAX}
-    if poll_interval is not None:
-        env["RUNBOOK_WATCH__POLL_INTERVAL_SECONDS"] = f"{poll_interval:g}"
-    if runner_poll is not None:
-        env["PREFECT_RUNNER_POLL_FREQUENCY"] = str(runner_poll)
-    log_path = stack.root / "serve.log"
-    say(f"starting `runbook serve --config {stack.config} --no-intake` "
-        f"(RUNBOOK_RECOVERY__RESTART_STORM_MAX={STORM_MAX}; log {log_path})")
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([RUNBOOK, "serve", "--config", str(stack.config), "--no-intake"],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
-    stack.on_close("runbook serve (SIGTERM)", lambda: stop_process_group(process))
-    return process
-
-
-def wait_serve_ready(stack: Stack, process: subprocess.Popen[bytes], timeout: float = 120.0) -> dict[str, Any]:
-    """The crash-recovery deployment exists, is not paused, its runner is polling, and its trigger exists."""
-    log_path = stack.root / "serve.log"
-    found: dict[str, Any] = {}
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise BenchError(f"runbook serve exited with {process.returncode}; end of {log_path}:\n{tail(log_path)}")
-        deployments = stack.api_post("/deployments/filter", {"deployments": {"name": {"any_": [ALERT]}}})
-        if not deployments:
-            return False
-        deployment = deployments[0]
-        if deployment.get("paused") or deployment.get("status") != "READY":
-            return False
-        automations = stack.api_post("/automations/filter", {})
-        trigger = [a for a in automations if a.get("enabled") and any(
-            action.get("deployment_id") == deployment["id"] for action in a.get("actions", []))]
-        if not trigger or "serving" not in log_path.read_text(errors="replace"):
-            return False
-        found.update(deployment=deployment, automation=trigger[0])
-        return True
-
-    wait_until(ready, timeout, "runbook serve to register the crash-recovery deployment and its trigger", 0.5)
-    return found
 
 
 # --- one crash --------------------------------------------------------------------------------
@@ -161,8 +118,8 @@ def crash_round(index: int, rounds: int, stack: Stack, journal: Any, bot: Any, t
     figures.update(round=index, incident=incident.id, outcome=incident.outcome, ok=ok,
                    summary=incident.summary)
     if ok:
-        say(f"round {index}/{rounds}: detected {seconds(figures['detection'])}, healthy {seconds(figures['recovery'])}, "
-            f"verified {seconds(figures['verified'])}, resolved {seconds(figures['resolved'])} after the crash")
+        say(f"round {index}/{rounds}: " + ", ".join(f"{label} {seconds(figures['at'][key])}"
+                                                     for key, label, _ in WATERFALL) + " after the crash")
     else:
         say(f"round {index}/{rounds}: NOT auto-resolved — incident #{incident.id} {incident.status}/"
             f"{incident.outcome}: {incident.summary}")
@@ -175,7 +132,7 @@ def flow_run_final(stack: Stack, flow_run_id: str) -> bool:
 
 
 def round_figures(stack: Stack, incident: Any, t0_wall: float, t0: float, health_at: float | None) -> dict[str, Any]:
-    """Every instant as seconds after the crash, and the intervals between them."""
+    """Every milestone as seconds after the crash (the waterfall), and the intervals the targets use."""
     def after(moment: datetime | None) -> float | None:
         return None if moment is None else moment.timestamp() - t0_wall
 
@@ -184,149 +141,159 @@ def round_figures(stack: Stack, incident: Any, t0_wall: float, t0: float, health
         actions.setdefault(action.step, action)
     flow_run: dict[str, Any] = {}
     pending: datetime | None = None
+    first_task: float | None = None
     if incident.flow_run_id:
         flow_run = stack.api_get(f"/flow_runs/{incident.flow_run_id}")
         states = stack.api_get(f"/flow_run_states/?flow_run_id={incident.flow_run_id}")
         pending = min((parse_time(state["timestamp"]) for state in states if state["type"] == "PENDING"),
                       default=None)
+        first_task = first_task_start(stack, incident.flow_run_id)
     at = {
         "fired": after(incident.fired_at),
         "run_created": after(parse_time(flow_run.get("created"))),
         "run_pending": after(pending),
         "run_running": after(parse_time(flow_run.get("start_time"))),
+        "first_task": None if first_task is None else first_task - t0_wall,
         "response_started": after(incident.response_started_at),
         "restart": after(actions["restart"].at) if "restart" in actions else None,
         "health_200": None if health_at is None else health_at - t0,
         "verified": after(actions["verify"].at) if "verify" in actions and actions["verify"].ok else None,
         "resolved": after(incident.resolved_at),
     }
+    return {"at": at, "detection": at["fired"], "recovery": at["health_200"],
+            "restart_to_health": None if at["restart"] is None or at["health_200"] is None
+            else at["health_200"] - at["restart"], "flow_run_id": incident.flow_run_id}
 
-    def gap(start: str, end: str) -> float | None:
-        return None if at[start] is None or at[end] is None else at[end] - at[start]
 
-    return {
-        "at": at,
-        "detection": at["fired"],
-        "recovery": at["health_200"],
-        "verified": at["verified"],
-        "resolved": at["resolved"],
-        "trigger_to_run_start": gap("fired", "response_started"),
-        "fired_to_run_created": gap("fired", "run_created"),
-        "run_created_to_running": gap("run_created", "run_running"),
-        "run_created_to_pending": gap("run_created", "run_pending"),
-        "run_pending_to_running": gap("run_pending", "run_running"),
-        "running_to_response": gap("run_running", "response_started"),
-        "response_to_restart": gap("response_started", "restart"),
-        "restart_to_health": gap("restart", "health_200"),
-        "health_to_verified": gap("health_200", "verified"),
-        "restart_plus_verify": gap("response_started", "verified"),
-        "flow_run_id": incident.flow_run_id,
-    }
+def first_task_start(stack: Stack, run_id: str, timeout: float = 15.0) -> float | None:
+    """When the run's first task started (epoch s); the server records task runs from events: wait a little."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = stack.api_post("/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}})
+        starts = [parse_time(row["start_time"]).timestamp() for row in rows if row.get("start_time")]
+        if starts or time.monotonic() > deadline:
+            return min(starts, default=None)
+        time.sleep(0.25)
 
 
 # --- report -----------------------------------------------------------------------------------
 
+# The crash path, milestone by milestone: (key, label, what happens between the previous one and it).
+WATERFALL = [
+    ("fired", "incident fired", "exit seen (pidfd) or next poll, observe, journal, event"),
+    ("run_created", "flow run created", "event -> automation -> run of the deployment"),
+    ("run_pending", "run Pending", "runner poll (watch.runner_poll_seconds)"),
+    ("run_running", "run Running", "process start: fork (warm) or new Python + imports (cold)"),
+    ("first_task", "first task", "engine start, config, journal, Slack OPEN"),
+    ("response_started", "response started", "bot lock, journal"),
+    ("restart", "restart issued", "diagnose, evidence marked, Slack, storm guard, policy"),
+    ("health_200", "/health 200", "the bot's own start-up"),
+    ("verified", "verified", "health + websocket + the bot's own metrics moving"),
+    ("resolved", "resolved", "journal, Slack RESOLVED"),
+]
 
-def verdict(worst: float | None, median: float | None, target: float) -> str:
-    if worst is None:
+
+def verdict(worst: float | None, median: float | None, worst_target: float | None, median_target: float) -> str:
+    if median is None:
         return "-"
-    if worst <= target:
-        return "yes"
-    return "median only" if median is not None and median <= target else "NO"
+    if median > median_target:
+        return "NO"
+    if worst_target is not None and worst is not None and worst > worst_target:
+        return "median only"
+    return "yes"
 
 
 def summarise(rounds: list[dict[str, Any]], startup: list[float], poll: float) -> dict[str, Any]:
     good = [r for r in rounds if r["ok"]]
-    keys = ["detection", "recovery", "verified", "resolved", "trigger_to_run_start", "fired_to_run_created",
-            "run_created_to_running", "run_created_to_pending", "run_pending_to_running", "running_to_response", "response_to_restart", "restart_to_health",
-            "health_to_verified", "restart_plus_verify"]
-    summary = {key: stats(r[key] for r in good) for key in keys}
+    summary: dict[str, Any] = {key: stats(r["at"][key] for r in good) for key, _, _ in WATERFALL}
+    for key in ("detection", "recovery", "restart_to_health"):
+        summary[key] = stats(r[key] for r in good)
+    summary["steps"] = {}
+    previous = None
+    for key, _, _ in WATERFALL:
+        summary["steps"][key] = stats(
+            None if previous is None or r["at"][key] is None or r["at"][previous] is None
+            else r["at"][key] - r["at"][previous] for r in good) if previous else stats(r["at"][key] for r in good)
+        previous = key
     summary["bot_startup"] = stats(startup)
     summary["poll_interval"] = poll
-    ref = summary["bot_startup"]["median"]
-    summary["targets"] = {"detection": poll + 1.0, "recovery": (ref or 0) + 3.0}
+    ref = summary["bot_startup"]["median"] or 0.0
+    summary["targets"] = {"detection_median": DETECTION_MEDIAN, "recovery_median": ref + RECOVERY_MEDIAN_OVER,
+                          "recovery_worst": ref + RECOVERY_WORST_OVER}
     summary["rounds_ok"] = len(good)
     summary["rounds_failed"] = len(rounds) - len(good)
     return summary
 
 
+DETECTION_MEDIAN = 0.5  # process exit -> incident fired, median (issue 16)
+RECOVERY_MEDIAN_OVER, RECOVERY_WORST_OVER = 1.0, 2.5  # crash -> /health 200 over the bot's own start-up
+
+
 def per_round(rounds: list[dict[str, Any]]) -> str:
-    rows = [[str(r["round"]), f"#{r['incident']}", seconds(r["detection"]), seconds(r["trigger_to_run_start"]),
-             seconds(r["restart_to_health"]), seconds(r["recovery"]), seconds(r["verified"]), r["outcome"] or "-"]
-            for r in rounds]
-    return table(["round", "incident", "detect", "trigger -> run start", "restart -> /health 200", "recovery",
-                  "verified", "outcome"], rows)
+    rows = [[str(r["round"]), f"#{r['incident']}", *[seconds(r["at"][key]) for key, _, _ in WATERFALL],
+             r["outcome"] or "-"] for r in rounds]
+    return table(["round", "incident", *[label for _, label, _ in WATERFALL], "outcome"], rows)
 
 
-def render(summary: dict[str, Any], info: dict[str, Any], args: argparse.Namespace, runner_poll: str) -> str:
-    poll, ref = summary["poll_interval"], summary["bot_startup"]["median"]
-    s = summary
-    headline = [
-        ["detection latency (crash -> incident fired)", seconds(s["detection"]["median"]),
-         seconds(s["detection"]["worst"]), f"poll interval {poll:g} s", ratio(s["detection"]["median"], poll),
-         f"<= {poll + 1:g} s", verdict(s["detection"]["worst"], s["detection"]["median"], poll + 1)],
-        ["recovery time (crash -> /health 200 again)", seconds(s["recovery"]["median"]), seconds(s["recovery"]["worst"]),
-         f"bot start-up {seconds(ref)}", ratio(s["recovery"]["median"], ref), f"<= {seconds((ref or 0) + 3)}",
-         verdict(s["recovery"]["worst"], s["recovery"]["median"], (ref or 0) + 3)],
-        ["verified healthy (crash -> verify step passed)", seconds(s["verified"]["median"]),
-         seconds(s["verified"]["worst"]), f"bot start-up {seconds(ref)}", ratio(s["verified"]["median"], ref),
-         "(not a target)", "-"],
-        ["incident resolved (crash -> resolved_at)", seconds(s["resolved"]["median"]), seconds(s["resolved"]["worst"]),
-         f"bot start-up {seconds(ref)}", ratio(s["resolved"]["median"], ref), "(not a target)", "-"],
+def targets_table(s: dict[str, Any]) -> list[list[str]]:
+    ref, t = s["bot_startup"]["median"], s["targets"]
+    d, r = s["detection"], s["recovery"]
+    return [
+        ["process exit -> incident fired", seconds(d["median"]), seconds(d["worst"]), "-", "-",
+         f"median <= {DETECTION_MEDIAN:g} s", verdict(d["worst"], d["median"], None, DETECTION_MEDIAN)],
+        ["crash -> /health 200 again (recovery)", seconds(r["median"]), seconds(r["worst"]),
+         f"bot start-up {seconds(ref)}", ratio(r["median"], ref),
+         f"median <= {seconds(t['recovery_median'])}, worst <= {seconds(t['recovery_worst'])}",
+         verdict(r["worst"], r["median"], t["recovery_worst"], t["recovery_median"])],
         ["bot start-up (reference: start command -> /health 200)", seconds(ref), seconds(s["bot_startup"]["worst"]),
          "-", "1.00x", "-", "-"],
     ]
-    parts = [
-        "## runbook serve: crash -> bot healthy again",
-        "",
-        describe_machine(info),
-        f"{s['rounds_ok']} of {s['rounds_ok'] + s['rounds_failed']} crashes auto-resolved; reference from "
-        f"{s['bot_startup']['n']} bot start-ups; watcher poll interval {poll:g} s; Prefect runner poll "
-        f"frequency {runner_poll} s (PREFECT_RUNNER_POLL_FREQUENCY); serve ran with "
-        f"RUNBOOK_RECOVERY__RESTART_STORM_MAX={STORM_MAX} so repeated crashes are restarted, not escalated "
-        f"as a restart storm.",
-        "",
-        table(["measure", "median", "worst", "reference", "ratio (median/ref)", "target", "worst within target"],
-              headline),
-        "",
-        "Where the time goes (median and worst of each interval; within a round the indented intervals add up "
-        "to the line above them, medians need not):",
-        "",
-    ]
-    chain = [
-        ("detect: crash -> watcher fires the incident", "detection", "watcher poll + observe"),
-        ("trigger -> run start: fired -> flow run responding", "trigger_to_run_start", "orchestration's share"),
-        ("  fired -> flow run created", "fired_to_run_created", "event -> automation -> run"),
-        ("  flow run created -> Running", "run_created_to_running", "runner picks it up, starts the flow process"),
-        ("    created -> Pending", "run_created_to_pending", "runner poll (PREFECT_RUNNER_POLL_FREQUENCY)"),
-        ("    Pending -> Running", "run_pending_to_running", "new Python process: imports, engine start"),
-        ("  Running -> response started", "running_to_response", "config, journal, Slack OPEN, lock"),
-        ("restart + verify: response started -> verified", "restart_plus_verify", ""),
-        ("  response started -> restart issued", "response_to_restart", "diagnose, evidence, Slack"),
-        ("  restart issued -> /health 200", "restart_to_health", f"vs bot start-up {seconds(ref)}"),
-        ("  /health 200 -> verify step passed", "health_to_verified", "health + websocket + metrics moving"),
-    ]
-    parts.append(table(["interval", "median", "worst", "what it is"],
-                       [[label, seconds(s[key]["median"]), seconds(s[key]["worst"]), note] for label, key, note in chain]))
+
+
+def render(results: dict[str, dict[str, Any]], info: dict[str, Any], runner_poll: str) -> str:
+    parts = ["## runbook serve: crash -> bot healthy again", "", describe_machine(info)]
+    for mode, s in results.items():
+        poll = s["poll_interval"]
+        parts += [
+            "", f"### {mode}: {MODES[mode]['what']}", "",
+            f"{s['rounds_ok']} of {s['rounds_ok'] + s['rounds_failed']} crashes auto-resolved; reference from "
+            f"{s['bot_startup']['n']} bot start-ups; watcher poll interval {poll:g} s; runner poll {runner_poll} s; "
+            f"RUNBOOK_RECOVERY__RESTART_STORM_MAX={STORM_MAX} so repeated crashes are restarted, not escalated.",
+            "",
+            table(["measure", "median", "worst", "reference", "ratio (median/ref)", "target", "met"], targets_table(s)),
+            "",
+            "The crash path as a waterfall: each milestone in seconds after the kill (median and worst of the "
+            "rounds), and the step from the milestone above it:",
+            "",
+            table(["milestone", "at (median)", "at (worst)", "step (median)", "step (worst)", "the step is"],
+                  [[label, seconds(s[key]["median"]), seconds(s[key]["worst"]), seconds(s["steps"][key]["median"]),
+                    seconds(s["steps"][key]["worst"]), note] for key, label, note in WATERFALL]),
+        ]
     return "\n".join(parts)
 
 
-def result_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
-    """The two targets, for `make bench`'s table (bench/run_all.py)."""
-    poll, ref = s["poll_interval"], s["bot_startup"]["median"]
-    detect, recover = s["detection"], s["recovery"]
-    return [
-        result_row("crash -> incident fired (detection)", f"{seconds(detect['median'])} (worst {seconds(detect['worst'])})",
-                   f"poll interval {poll:g} s", detect["median"] / poll if detect["median"] is not None else None,
-                   f"worst <= {poll + 1:g} s", verdict(detect["worst"], detect["median"], poll + 1)),
-        result_row("crash -> /health 200 again (recovery)",
-                   f"{seconds(recover['median'])} (worst {seconds(recover['worst'])})", f"bot start-up {seconds(ref)}",
-                   recover["median"] / ref if recover["median"] is not None and ref else None,
-                   f"worst <= {seconds((ref or 0) + 3)}", verdict(recover["worst"], recover["median"], (ref or 0) + 3)),
-    ]
+def result_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The targets, for `make bench`'s table (bench/run_all.py); a cold mode's rows are labelled as such."""
+    rows = []
+    for mode, s in results.items():
+        tag = "" if mode == "warm" else f" [{mode}: {MODES[mode]['short']}]"
+        for measure, median, worst, reference, ratio_text, target, met in targets_table(s)[:2]:
+            value = None if ratio_text == "-" else float(ratio_text.rstrip("x"))
+            rows.append(result_row(measure + tag, f"{median} (worst {worst})", reference, value, target,
+                                   met if met != "-" else None))
+    return rows
 
 
 # --- main -------------------------------------------------------------------------------------
+
+# How serve runs in each mode: warm is this project's default; cold is serve as it was before issue 16
+# (a new Python per run, exits seen on the next poll), for an A/B in the same run.
+MODES: dict[str, dict[str, Any]] = {
+    "warm": {"env": {}, "what": "runs forked from serve's warm fork server, exits seen by pidfd (the default)",
+             "short": "default"},
+    "cold": {"env": {"RUNBOOK_WATCH__WARM_START": "false", "RUNBOOK_WATCH__EXIT_WATCH": "false"},
+             "what": "a new Python per run, exits seen on the next poll (before issue 16)", "short": "before"},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     sigterm_as_interrupt()
     info = machine()
     stack = Stack(say, keep=args.keep)
-    rounds: list[dict[str, Any]] = []
+    rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
     startup: list[float] = []
     failure: str | None = None
     poll: float = args.poll_interval or 5.0
@@ -346,34 +313,38 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start()
         runner_poll = (f"{args.runner_poll:g}" if args.runner_poll is not None
-                       else os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "10 (Prefect default)"))
+                       else os.environ.get("PREFECT_RUNNER_POLL_FREQUENCY", "the configuration's"))
         from runbook.journal import Journal
         from runbook.settings import load_settings
 
         settings = load_settings(stack.config)
         _, bot = settings.bot(None)
         poll = args.poll_interval or settings.watch.poll_interval_seconds
+        runner_poll = f"{settings.watch.runner_poll_seconds:g}"
         journal = Journal(settings.journal_url)
 
         n_startup = args.startup_rounds or args.rounds
         say(f"reference: timing the bot's own start-up {n_startup} times (before serve starts, so nothing reacts)")
         startup = measure_bot_startup(bot, n_startup, say)
 
-        serve = start_serve(stack, args.poll_interval, args.runner_poll, say)
-        wait_serve_ready(stack, serve)
-        say(f"serve ready: deployment {ALERT} polled by its runner, trigger registered; watcher every {poll:g} s")
-
         rng = random.Random(args.seed)
-        for index in range(1, args.rounds + 1):
-            settle(stack, journal, bot, args.round_timeout)
-            pause = rng.uniform(0, poll)
-            say(f"round {index}/{args.rounds}: crashing the bot in {pause:.2f} s (random phase of the poll cycle)")
-            time.sleep(pause)
-            result = crash_round(index, args.rounds, stack, journal, bot, args.round_timeout, say)
-            rounds.append(result)
-            if not result["ok"]:
-                failure = f"round {index} was not auto-resolved ({result['outcome']}): {result['summary']}"
-                break
+        for mode in args.modes:
+            serve = start_serve(stack, args.poll_interval, args.runner_poll, MODES[mode]["env"], mode, say)
+            wait_serve_ready(stack, serve, mode)
+            say(f"[{mode}] serve ready: deployment {ALERT} polled by its runner, trigger registered; "
+                f"watcher every {poll:g} s")
+            for index in range(1, args.rounds + 1):
+                settle(stack, journal, bot, args.round_timeout)
+                pause = rng.uniform(0, poll)
+                say(f"[{mode}] round {index}/{args.rounds}: crashing the bot in {pause:.2f} s "
+                    "(random phase of the poll cycle)")
+                time.sleep(pause)
+                result = crash_round(index, args.rounds, stack, journal, bot, args.round_timeout, say)
+                rounds[mode].append(result)
+                if not result["ok"]:
+                    raise BenchError(f"[{mode}] round {index} was not auto-resolved ({result['outcome']}): "
+                                     f"{result['summary']}")
+            stop_process_group(serve)
     except KeyboardInterrupt:
         failure = "interrupted"
         say("interrupted: cleaning up")
@@ -383,21 +354,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.close()
 
-    if not rounds or not startup:
+    measured = {mode: r for mode, r in rounds.items() if r}
+    if not measured or not startup:
         write_results("detection_recovery", [], failure or "nothing measured")
         print(f"no figures: {failure or 'nothing measured'}", file=sys.stderr)
         return 1
     info["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    summary = summarise(rounds, startup, poll)
-    write_results("detection_recovery", result_rows(summary), failure)
+    results = {mode: summarise(r, startup, poll) for mode, r in measured.items()}
+    write_results("detection_recovery", result_rows(results), failure)
     if args.json:
-        print(dump_json({"machine": info, "poll_interval_seconds": poll, "runner_poll_frequency": runner_poll,
+        print(dump_json({"machine": info, "poll_interval_seconds": poll, "runner_poll_seconds": runner_poll,
                          "restart_storm_max": int(STORM_MAX), "bot_startup_seconds": startup,
-                         "rounds": rounds, "summary": summary, "failure": failure}))
+                         "rounds": measured, "summary": results, "failure": failure}))
     else:
-        print(render(summary, info, args, runner_poll))
-        print("\nEach crash (seconds after the kill):\n")
-        print(per_round(rounds))
+        print(render(results, info, runner_poll))
+        for mode, r in measured.items():
+            print(f"\n[{mode}] each crash (seconds after the kill):\n")
+            print(per_round(r))
         if failure:
             print(f"\nstopped early: {failure}")
     return 0 if failure is None else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.events import DeploymentEventTrigger
@@ -35,15 +36,16 @@ def report_schedules(alert_key: str, settings: Settings) -> list[Schedule]:
     return [Cron(cron, timezone=reports.timezone)] if cron else []
 
 
-def build_deployments(config: Path, settings: Settings | None = None) -> list[RunnerDeployment]:
-    """Every flow that exists, with its trigger (and schedule, for scheduled reports)."""
+def deployment_specs(config: Path, settings: Settings | None = None) -> list[tuple[Any, dict[str, Any]]]:
+    """Every flow that exists, with what its deployment is made of: its trigger (and schedule, for
+    scheduled reports). `flow.to_deployment(**spec)` and a Runner's `add_flow(flow, **spec)` take it."""
     from flows import registry
 
     settings = settings or load_settings(config)
-    deployments = []
+    specs = []
     for key, flow in registry().items():
         alert = get_alert(key)
-        deployments.append(flow.to_deployment(
+        specs.append((flow, dict(
             name=key,
             description=f"Runbook: {alert.title} ({alert.severity.value}). {alert.condition}.",
             parameters={"config": str(config)},
@@ -52,5 +54,10 @@ def build_deployments(config: Path, settings: Settings | None = None) -> list[Ru
             tags=["runbook", alert.severity.value.lower()],
             # Loaded by module path, so the runner finds the flow whatever its working directory.
             entrypoint_type=EntrypointType.MODULE_PATH,
-        ))
-    return deployments
+        )))
+    return specs
+
+
+def build_deployments(config: Path, settings: Settings | None = None) -> list[RunnerDeployment]:
+    """Every flow that exists as a deployment, with its trigger (and schedule, for scheduled reports)."""
+    return [flow.to_deployment(**spec) for flow, spec in deployment_specs(config, settings)]

@@ -48,6 +48,17 @@ def server_env(home: Path, port: int) -> dict[str, str]:
         "PREFECT_SERVER_API_PORT": str(port),
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.5",
+        # SQLite has one writer. The server's task-run recorder inserts each task run in a transaction of
+        # its own (Prefect's batch size: 1) and its event persister 20 events at a time; during a burst of
+        # task runs their commits make the API's own deferred transactions fail with SQLITE_BUSY, which
+        # the API answers with 503 and the client retries after 2-17 s. Batches of up to 500 written once
+        # a second make far fewer, larger transactions (docs/benchmarks.md, "empty flow run").
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "500",
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
+        "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_FLUSH_INTERVAL": "1",
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_BATCH_SIZE": "500",
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_READ_BATCH_SIZE": "100",
+        "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "1",
     }
 
 

@@ -70,13 +70,15 @@ class Stack:
         self.sandbox_up = False
         self._cleanups: list[tuple[str, Callable[[], None]]] = []
 
-    def start(self, startup_seconds: float = 1.5, sandbox: bool = True, database_url: str | None = None) -> "Stack":
+    def start(self, startup_seconds: float = 1.5, sandbox: bool = True, database_url: str | None = None,
+              server_settings: dict[str, str] | None = None) -> "Stack":
         from runbook.localserver import start_server
 
         home = self.root / "prefect"
         self.say(f"starting a local Prefect server in {home} (5-15 s; more on a loaded machine)")
         try:
-            self.server = start_server(home, database_url=database_url, timeout_seconds=300)
+            self.server = start_server(home, database_url=database_url, timeout_seconds=300,
+                                       server_settings=server_settings)
         except BaseException:  # interrupted or failed while it was coming up: do not leave it running
             stop_orphan_server(home)
             raise

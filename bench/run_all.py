@@ -29,9 +29,11 @@ from bench.common import REPO, RESULTS_ENV, describe_machine, machine, table
 # 15 minutes on a 2-core machine; run a module alone for more rounds or bigger sizes.
 BENCHMARKS: list[tuple[str, list[str], str]] = [
     ("bench.logscan", [], "log scan vs grep -c, tail vs tail -n, on a 1 GB log"),
-    ("bench.overhead", [], "orchestration overhead per Prefect task"),
-    ("bench.run_latency", ["--rounds", "3"], "`runbook run` -> the flow's first task"),
-    ("bench.detection_recovery", ["--rounds", "3"], "crash -> detected -> bot healthy under `runbook serve`"),
+    ("bench.overhead", ["--rounds", "10", "--database", "sqlite-ab"],
+     "orchestration overhead per Prefect task; an empty flow run, SQLite as Prefect ships it vs as configured here"),
+    ("bench.run_latency", ["--rounds", "3"], "`runbook run` -> the flow's first task, with and without serve"),
+    ("bench.detection_recovery", ["--rounds", "3", "--modes", "warm", "cold"],
+     "crash -> bot healthy under `runbook serve`, as a waterfall; warm vs cold (before issue 16)"),
     ("bench.reports", ["--quick"], "daily summary / weekly analysis at 1k-100k rows"),
     ("bench.backup", ["--no-shell"], "evidence backup vs tar -czf; system failure -> trading stopped"),
 ]

@@ -81,9 +81,11 @@ class LocalServer:
 
 
 def start_server(home: Path, port: int | None = None, *, exact_port: bool = False,
-                 timeout_seconds: float = 90.0, database_url: str | None = None) -> LocalServer:
+                 timeout_seconds: float = 90.0, database_url: str | None = None,
+                 server_settings: dict[str, str] | None = None) -> LocalServer:
     """Start `prefect server start` on `port` (another free one if taken, unless `exact_port`); its
-    database is SQLite in `home` unless `database_url` names another (postgresql+asyncpg://...)."""
+    database is SQLite in `home` unless `database_url` names another (postgresql+asyncpg://...);
+    `server_settings` (PREFECT_SERVER_* variables) override server_env's for this server only."""
     home.mkdir(parents=True, exist_ok=True)
     chosen = free_port(port)
     if exact_port and chosen != port:
@@ -92,6 +94,7 @@ def start_server(home: Path, port: int | None = None, *, exact_port: bool = Fals
     env = server_env(home, port)
     if database_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
+    env.update(server_settings or {})
     log_path = home / "server.log"
     prefect = Path(sys.executable).with_name("prefect")
     with open(log_path, "ab") as log:

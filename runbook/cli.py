@@ -138,7 +138,7 @@ def _run_served(api: str, deployment: dict[str, Any], params: dict[str, Any], se
         finished = served.wait_run(api, run_id, timeout, on_pause=lambda rid: typer.echo(
             f"paused for approval: answer the form in the Prefect UI or `runbook approve {rid}`", err=True))
     except served.ServedError as error:
-        raise _fail(str(error), 1)
+        raise _fail(str(error), 2 if error.bad_input else 1)
     if finished.state != "COMPLETED":
         typer.echo(f"error: flow {name} {finished.state.lower()}: {finished.message}", err=True)
         raise typer.Exit(1)

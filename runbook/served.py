@@ -21,7 +21,12 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 class ServedError(Exception):
-    """The served run could not be created or followed; the message says why."""
+    """The served run could not be created or followed; the message says why. `bad_input`: the server
+    refused the parameters (bad usage, exit 2), not a failure of the run."""
+
+    def __init__(self, message: str, bad_input: bool = False) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
 
 
 @dataclass
@@ -68,7 +73,8 @@ def start_run(api: str, deployment: dict[str, Any], parameters: dict[str, Any], 
     except httpx.HTTPError as error:
         raise ServedError(f"cannot create a run of {deployment['name']}: {error}") from error
     if response.status_code in (409, 422):
-        raise ServedError(f"the server refused the parameters of {deployment['name']}: {response.text[:500]}")
+        raise ServedError(f"the server refused the parameters of {deployment['name']}: {response.text[:500]}",
+                          bad_input=True)
     if response.status_code >= 400:
         raise ServedError(f"creating a run of {deployment['name']} failed: HTTP {response.status_code} "
                           f"{response.text[:300]}")

@@ -32,7 +32,8 @@ for _key in ("PREFECT_API_URL", "PREFECT_UI_URL"):
 
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[LocalServer]:
-    server = start_server(_SERVER_HOME, port=_SERVER_PORT, exact_port=True)
+    # A generous deadline: on a 2-core machine shared with other test runs the server takes minutes.
+    server = start_server(_SERVER_HOME, port=_SERVER_PORT, exact_port=True, timeout_seconds=300)
     try:
         yield server
     finally:

@@ -24,9 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import re
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -69,7 +71,7 @@ def settle(stack: Stack, journal: Any, bot: Any, timeout: float) -> None:
 
 
 def crash_round(index: int, rounds: int, stack: Stack, journal: Any, bot: Any, timeout: float,
-                say: Progress) -> dict[str, Any]:
+                say: Progress, serve_log: Path | None = None) -> dict[str, Any]:
     from runbook import journal as j
     from sandbox import manager
 
@@ -114,6 +116,7 @@ def crash_round(index: int, rounds: int, stack: Stack, journal: Any, bot: Any, t
     if run_id:  # let the run finish (report, artifact) before the next crash or the clean-up
         wait_until(lambda: flow_run_final(stack, run_id), 60, f"flow run {run_id} to end", 0.25)
     figures = round_figures(stack, incident, t0_wall, t0, health_at)
+    figures["at"]["detected"] = exit_seen(serve_log, t0_wall) if serve_log else None
     ok = incident.status == j.RESOLVED and incident.outcome == j.AUTO_RESOLVED and health_at is not None
     figures.update(round=index, incident=incident.id, outcome=incident.outcome, ok=ok,
                    summary=incident.summary)
@@ -165,6 +168,25 @@ def round_figures(stack: Stack, incident: Any, t0_wall: float, t0: float, health
             else at["health_200"] - at["restart"], "flow_run_id": incident.flow_run_id}
 
 
+EXIT_LINE = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) \| WARNING \| runbook\.watcher - bot \S+: PID \d+ exited")
+
+
+def exit_seen(serve_log: Path, t0_wall: float) -> float | None:
+    """When serve's watcher saw the exit (its log line, local time of day), in seconds after t0."""
+    try:
+        lines = serve_log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    day = datetime.fromtimestamp(t0_wall).date()
+    for line in lines:
+        match = EXIT_LINE.match(line)
+        if match:
+            moment = datetime.combine(day, datetime.strptime(match.group(1), "%H:%M:%S.%f").time()).timestamp()
+            if moment >= t0_wall - 0.5:  # this crash's, not an earlier one's
+                return moment - t0_wall
+    return None
+
+
 def first_task_start(stack: Stack, run_id: str, timeout: float = 15.0) -> float | None:
     """When the run's first task started (epoch s); the server records task runs from events: wait a little."""
     deadline = time.monotonic() + timeout
@@ -180,7 +202,8 @@ def first_task_start(stack: Stack, run_id: str, timeout: float = 15.0) -> float 
 
 # The crash path, milestone by milestone: (key, label, what happens between the previous one and it).
 WATERFALL = [
-    ("fired", "incident fired", "exit seen (pidfd) or next poll, observe, journal, event"),
+    ("detected", "exit seen", "the watcher's pidfd wakes (warm; none in cold: the next poll)"),
+    ("fired", "incident fired", "grace, observe, journal"),
     ("run_created", "flow run created", "event -> automation -> run of the deployment"),
     ("run_pending", "run Pending", "runner poll (watch.runner_poll_seconds)"),
     ("run_running", "run Running", "process start: fork (warm) or new Python + imports (cold)"),
@@ -191,6 +214,15 @@ WATERFALL = [
     ("verified", "verified", "health + websocket + the bot's own metrics moving"),
     ("resolved", "resolved", "journal, Slack RESOLVED"),
 ]
+
+
+def step(at: dict[str, float | None], key: str) -> float | None:
+    """From the milestone before `key` that the round has (the crash itself for the first) to `key`."""
+    keys = [k for k, _, _ in WATERFALL]
+    if at.get(key) is None:
+        return None
+    earlier = [at[k] for k in keys[:keys.index(key)] if at.get(k) is not None]
+    return at[key] - (earlier[-1] if earlier else 0.0)
 
 
 def verdict(worst: float | None, median: float | None, worst_target: float | None, median_target: float) -> str:
@@ -208,13 +240,7 @@ def summarise(rounds: list[dict[str, Any]], startup: list[float], poll: float) -
     summary: dict[str, Any] = {key: stats(r["at"][key] for r in good) for key, _, _ in WATERFALL}
     for key in ("detection", "recovery", "restart_to_health"):
         summary[key] = stats(r[key] for r in good)
-    summary["steps"] = {}
-    previous = None
-    for key, _, _ in WATERFALL:
-        summary["steps"][key] = stats(
-            None if previous is None or r["at"][key] is None or r["at"][previous] is None
-            else r["at"][key] - r["at"][previous] for r in good) if previous else stats(r["at"][key] for r in good)
-        previous = key
+    summary["steps"] = {key: stats(step(r["at"], key) for r in good) for key, _, _ in WATERFALL}
     summary["bot_startup"] = stats(startup)
     summary["poll_interval"] = poll
     ref = summary["bot_startup"]["median"] or 0.0
@@ -339,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"[{mode}] round {index}/{args.rounds}: crashing the bot in {pause:.2f} s "
                     "(random phase of the poll cycle)")
                 time.sleep(pause)
-                result = crash_round(index, args.rounds, stack, journal, bot, args.round_timeout, say)
+                result = crash_round(index, args.rounds, stack, journal, bot, args.round_timeout, say,
+                                     stack.root / f"serve-{mode}.log")
                 rounds[mode].append(result)
                 if not result["ok"]:
                     raise BenchError(f"[{mode}] round {index} was not auto-resolved ({result['outcome']}): "

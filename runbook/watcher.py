@@ -273,7 +273,7 @@ class Watcher:
                 continue
             if not exited or state.process is not process:
                 continue
-            log.info("bot %s: PID %s exited; polling now", state.name, process.pid)
+            log.warning("bot %s: PID %s exited; polling now", state.name, process.pid)
             stop.wait(grace)
             self.wake.set()
             while state.process is process and not stop.is_set():  # one wake per exit: until the poll looked

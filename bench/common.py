@@ -369,7 +369,7 @@ def start_serve(stack: Stack, poll_interval: float | None, runner_poll: float | 
     return process
 
 
-def wait_serve_ready(stack: Stack, process: subprocess.Popen[bytes], mode: str, timeout: float = 180.0) -> dict[str, Any]:
+def wait_serve_ready(stack: Stack, process: subprocess.Popen[bytes], mode: str, timeout: float = 600.0) -> dict[str, Any]:
     """The crash-recovery deployment exists, is not paused, its runner is polling, and its trigger exists."""
     log_path = stack.root / f"serve-{mode}.log"
     found: dict[str, Any] = {}

@@ -32,12 +32,14 @@ def warm_runner(config: Path, settings: Settings) -> tuple[Runner, set[str]]:
     starts the run with `run_flow_in_subprocess`, which runbook/warmstart.py replaces with a fork.)"""
     from runbook import warmstart
 
-    warmstart.install()  # the fork server imports Prefect and the flows while the deployments register
     runner = Runner(pause_on_shutdown=True, query_seconds=settings.watch.runner_poll_seconds)
     names = set()
     for flow, spec in deployment_specs(config, settings):
         runner.add_flow(flow, **spec)  # registers the deployment and its triggers now
         names.add(spec["name"])
+    # Then the fork server, whose imports would otherwise compete with the registration for the CPU; a
+    # run that comes before they are done waits for them (still less than a new Python's).
+    warmstart.install()
     return runner, names
 
 

@@ -40,7 +40,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, prefect_server) -> Iterator
                                stderr=subprocess.STDOUT, start_new_session=True)
     api = prefect_server.url
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # generous: 15 deployments registered on a loaded shared machine
         deployment = None
         while deployment is None and time.monotonic() < deadline:
             assert process.poll() is None, (directory / "serve.log").read_text()
